@@ -1,0 +1,3 @@
+"""pgjit: a just-in-time, policy-enforcing PostgreSQL gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from pgjit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,411 @@
+"""Gateway configuration: one YAML file, every setting overridable by environment.
+
+A setting at ``a.b.c`` in the file is overridden by ``PGJIT_A__B__C`` (double
+underscore between levels, case-insensitive), e.g. ``PGJIT_LISTEN__PORT=7432``
+or ``PGJIT_TARGETS__APPDB__PASSWORD=…``. Bad config is refused at start with
+the file, the line and the key: ``pgjit.yaml:12: targets.appdb.port: expected
+an integer between 1 and 65535, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from pgjit.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+
+class ConfigError(Exception):
+    """A configuration problem, with file, line and key in its message."""
+
+
+# --------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------
+
+
+def _construct(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int], fname: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise ConfigError(f"{fname}:{knode.start_mark.line + 1}: {'.'.join(path) or '<top>'}: keys must be plain strings")
+            key = str(knode.value)
+            if key in out:
+                raise ConfigError(f"{fname}:{knode.start_mark.line + 1}: {'.'.join(path + (key,))}: duplicate key")
+            out[key] = _construct(vnode, path + (key,), lines, fname)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, path + (str(i),), lines, fname) for i, v in enumerate(node.value)]
+    # Scalars: let PyYAML's resolver type them (int, bool, null, str).
+    return _scalar(node)
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return _LOADER.construct_object(node, deep=True)
+
+
+def load_yaml_with_lines(text: str, fname: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise ConfigError(f"{fname}:{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    lines: dict[tuple[str, ...], int] = {}
+    if node is None:
+        return {}, lines
+    return _construct(node, (), lines, fname), lines
+
+
+# --------------------------------------------------------------------------
+# Typed sections
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 6432
+    max_clients: int = 1000
+    reuse_port: bool = False
+    backlog: int = 512
+
+
+@dataclass(frozen=True)
+class ClientTLSConfig:
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert and self.key)
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    startup: float = 10.0
+    auth: float = 30.0
+    upstream_connect: float = 10.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    file: str | None = None  # default: stderr
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How clients authenticate until OIDC is configured.
+
+    ``loopback_any_password``: any password is accepted from 127.0.0.1/::1
+    only. This is the development seam the OIDC issue replaces.
+    """
+
+    mode: str = "loopback_any_password"
+
+
+@dataclass(frozen=True)
+class UpstreamTLSConfig:
+    mode: str = "disable"  # disable | require | verify-full
+    ca: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    host: str
+    port: int = 5432
+    database: str = ""
+    user: str = ""
+    password: str | None = field(default=None, repr=False)
+    tls: UpstreamTLSConfig = UpstreamTLSConfig()
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    listen: ListenConfig
+    tls: ClientTLSConfig
+    timeouts: TimeoutsConfig
+    limits: LimitsConfig
+    log: LogConfig
+    auth: AuthConfig
+    targets: Mapping[str, TargetConfig]
+    # Sections later issues fill in; kept as validated-to-be-mappings raw data.
+    oidc: Mapping[str, Any] = field(default_factory=dict)
+    store: Mapping[str, Any] = field(default_factory=dict)
+    api: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, fname: str, lines: dict[tuple[str, ...], int]) -> None:
+        self.fname = fname
+        self.lines = lines
+
+    def error(self, path: tuple[str, ...], msg: str) -> ConfigError:
+        # Use the line of the deepest known ancestor of path.
+        p = path
+        while p and p not in self.lines:
+            p = p[:-1]
+        line = self.lines.get(p, 0)
+        where = f"{self.fname}:{line}" if line else self.fname
+        return ConfigError(f"{where}: {'.'.join(path) or '<top>'}: {msg}")
+
+
+def _section(ctx: _Ctx, data: Mapping[str, Any], path: tuple[str, ...], allowed: set[str]) -> Mapping[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ctx.error(path, f"expected a mapping, got {type(data).__name__}")
+    for k in data:
+        if k not in allowed:
+            raise ctx.error(path + (k,), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return data
+
+
+def _get(ctx: _Ctx, data: Mapping[str, Any], path: tuple[str, ...], key: str, conv: Callable[[Any], Any], default: Any) -> Any:
+    if key not in data or data[key] is None:
+        return default
+    try:
+        return conv(data[key])
+    except (TypeError, ValueError) as e:
+        raise ctx.error(path + (key,), f"{e}, got {data[key]!r}") from None
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"expected an integer between {lo} and {hi}")
+        try:
+            i = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer between {lo} and {hi}") from None
+        if not lo <= i <= hi or (isinstance(v, float) and v != i):
+            raise ValueError(f"expected an integer between {lo} and {hi}")
+        return i
+
+    return conv
+
+
+def _positive_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not f > 0:
+        raise ValueError("expected a positive number of seconds")
+    return f
+
+
+def _str(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        raise ValueError("expected a string")
+    return str(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(v, str) and v.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        s = str(v)
+        if s not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return s
+
+    return conv
+
+
+def _file(base: Path) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        p = Path(str(v))
+        if not p.is_absolute():
+            p = base / p
+        if not p.is_file():
+            raise ValueError(f"file {str(p)!r} does not exist")
+        return str(p)
+
+    return conv
+
+
+# --------------------------------------------------------------------------
+# Environment overrides
+# --------------------------------------------------------------------------
+
+ENV_PREFIX = "PGJIT_"
+
+
+def _env_value(raw: str) -> Any:
+    # Parse like a YAML scalar so PGJIT_LISTEN__PORT=7000 is an int.
+    try:
+        v = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return v if isinstance(v, (str, int, float, bool)) or v is None else raw
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str], lines: dict[tuple[str, ...], int]) -> None:
+    for name, raw in environ.items():
+        # Single-level names such as PGJIT_CONFIG are not settings paths.
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            continue
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[parts[-1]] = _env_value(raw)
+        lines.pop(tuple(parts), None)
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "store", "api"}
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    p = Path(path)
+    fname = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{fname}: cannot read config: {e.strerror}") from None
+    return parse_config(text, fname, base=p.parent, environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    data, lines = load_yaml_with_lines(text, fname)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{fname}:1: <top>: expected a mapping of sections")
+    apply_env(data, environ or {}, lines)
+    ctx = _Ctx(fname, lines)
+    base = base or Path(".")
+    _section(ctx, data, (), TOP_KEYS)
+
+    ls = _section(ctx, data.get("listen"), ("listen",), {"host", "port", "max_clients", "reuse_port", "backlog"})
+    listen = ListenConfig(
+        host=_get(ctx, ls, ("listen",), "host", _str, "127.0.0.1"),
+        port=_get(ctx, ls, ("listen",), "port", _int_range(0, 65535), 6432),
+        max_clients=_get(ctx, ls, ("listen",), "max_clients", _int_range(1, 1_000_000), 1000),
+        reuse_port=_get(ctx, ls, ("listen",), "reuse_port", _bool, False),
+        backlog=_get(ctx, ls, ("listen",), "backlog", _int_range(1, 65535), 512),
+    )
+
+    ts = _section(ctx, data.get("tls"), ("tls",), {"cert", "key"})
+    tls = ClientTLSConfig(
+        cert=_get(ctx, ts, ("tls",), "cert", _file(base), None),
+        key=_get(ctx, ts, ("tls",), "key", _file(base), None),
+    )
+    if bool(tls.cert) != bool(tls.key):
+        raise ctx.error(("tls",), "cert and key must be given together")
+
+    to = _section(ctx, data.get("timeouts"), ("timeouts",), {"startup", "auth", "upstream_connect", "shutdown_grace"})
+    timeouts = TimeoutsConfig(
+        **{k: _get(ctx, to, ("timeouts",), k, _positive_float, getattr(TimeoutsConfig, k)) for k in ("startup", "auth", "upstream_connect", "shutdown_grace")}
+    )
+
+    lim = _section(ctx, data.get("limits"), ("limits",), {"max_message_size"})
+    limits = LimitsConfig(
+        max_message_size=_get(ctx, lim, ("limits",), "max_message_size", _int_range(1024, 1 << 30), DEFAULT_MAX_MESSAGE_SIZE)
+    )
+
+    lg = _section(ctx, data.get("log"), ("log",), {"level", "file"})
+    log = LogConfig(
+        level=_get(ctx, lg, ("log",), "level", _choice("debug", "info", "warning", "error"), "info"),
+        file=_get(ctx, lg, ("log",), "file", _str, None),
+    )
+
+    au = _section(ctx, data.get("auth"), ("auth",), {"mode"})
+    auth = AuthConfig(mode=_get(ctx, au, ("auth",), "mode", _choice("loopback_any_password"), "loopback_any_password"))
+
+    tg = data.get("targets")
+    if not tg:
+        raise ctx.error(("targets",), "at least one target database is required")
+    if not isinstance(tg, dict):
+        raise ctx.error(("targets",), "expected a mapping of database name to upstream")
+    targets: dict[str, TargetConfig] = {}
+    for name, raw in tg.items():
+        path = ("targets", name)
+        t = _section(ctx, raw, path, {"host", "port", "database", "user", "password", "password_file", "tls"})
+        if "host" not in t:
+            raise ctx.error(path + ("host",), "required")
+        if "user" not in t:
+            raise ctx.error(path + ("user",), "required")
+        password = _get(ctx, t, path, "password", _str, None)
+        if password is None and t.get("password_file"):
+            pf = _get(ctx, t, path, "password_file", _file(base), None)
+            password = Path(pf).read_text(encoding="utf-8").strip()
+        tt = _section(ctx, t.get("tls"), path + ("tls",), {"mode", "ca", "server_name"})
+        utls = UpstreamTLSConfig(
+            mode=_get(ctx, tt, path + ("tls",), "mode", _choice("disable", "require", "verify-full"), "disable"),
+            ca=_get(ctx, tt, path + ("tls",), "ca", _file(base), None),
+            server_name=_get(ctx, tt, path + ("tls",), "server_name", _str, None),
+        )
+        if utls.mode == "verify-full" and not utls.ca:
+            raise ctx.error(path + ("tls", "ca"), "verify-full needs a CA file")
+        targets[str(name)] = TargetConfig(
+            name=str(name),
+            host=_get(ctx, t, path, "host", _str, ""),
+            port=_get(ctx, t, path, "port", _int_range(1, 65535), 5432),
+            database=_get(ctx, t, path, "database", _str, str(name)),
+            user=_get(ctx, t, path, "user", _str, ""),
+            password=password,
+            tls=utls,
+        )
+
+    reserved = {}
+    for sec in ("oidc", "store", "api"):
+        v = data.get(sec) or {}
+        if not isinstance(v, dict):
+            raise ctx.error((sec,), "expected a mapping")
+        reserved[sec] = v
+
+    return Config(
+        source=fname,
+        listen=listen,
+        tls=tls,
+        timeouts=timeouts,
+        limits=limits,
+        log=log,
+        auth=auth,
+        targets=targets,
+        **reserved,
+    )

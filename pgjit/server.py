@@ -1,0 +1,172 @@
+"""The gateway: listeners, the session registry, cancel routing and shutdown.
+
+Listeners and sessions live in separate nurseries, so shutdown stops accepting
+first and then gives open sessions a grace period before ending them with
+57P01. ``Gateway.serve`` is started with ``nursery.start`` and reports the
+bound addresses through ``task_status.started()``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+import trio
+
+from pgjit import metrics
+from pgjit.clientauth import ClientAuthenticator, LoopbackAnyPassword
+from pgjit.config import Config, TargetConfig
+from pgjit.errors import AdminShutdown
+from pgjit.protocol import messages as m
+from pgjit.transport import SocketTransport
+from pgjit.upstream import make_upstream_tls_context, send_cancel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pgjit.session import Session
+
+log = logging.getLogger("pgjit.server")
+
+# Clients beyond max_clients still get a proper 53300 error; this many of them
+# at once at most, after which excess connections are closed at once.
+_EXCESS_ALLOWANCE = 64
+
+
+class Gateway:
+    def __init__(self, config: Config, authenticator: ClientAuthenticator | None = None) -> None:
+        self.config = config
+        self.authenticator = authenticator or LoopbackAnyPassword()
+        self.sessions: set["Session"] = set()
+        self._by_pid: dict[int, "Session"] = {}
+        self._shutdown = trio.Event()
+        self._draining = False
+        self.client_tls_context = self._make_client_tls_context()
+        self._upstream_tls: dict[str, ssl.SSLContext] = {}
+        for t in config.targets.values():
+            if t.tls.mode != "disable":
+                self._upstream_tls[t.name] = make_upstream_tls_context(t.tls.mode, t.tls.ca)
+        self.addresses: list[tuple[str, int]] = []
+
+    # ----------------------------------------------------------- contexts
+
+    def _make_client_tls_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tls.cert, tls.key)  # type: ignore[arg-type]
+        return ctx
+
+    def upstream_tls_context(self, target: TargetConfig) -> ssl.SSLContext | None:
+        return self._upstream_tls.get(target.name)
+
+    # ----------------------------------------------------------- sessions
+
+    def new_cancel_key(self, session: "Session") -> m.BackendKeyData:
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self._by_pid:
+                break
+        self._by_pid[pid] = session
+        return m.BackendKeyData(pid, secrets.token_bytes(4))
+
+    def forget_session(self, session: "Session") -> None:
+        self.sessions.discard(session)
+        if self._by_pid.get(session.key.process_id) is session:
+            del self._by_pid[session.key.process_id]
+
+    def over_client_limit(self, session: "Session") -> bool:
+        # The session counts itself: refuse when it makes one too many.
+        return len(self.sessions) > self.config.listen.max_clients
+
+    async def handle_cancel(self, req: m.CancelRequest) -> None:
+        session = self._by_pid.get(req.process_id)
+        if (
+            session is None
+            or not hmac.compare_digest(session.key.secret_key, req.secret_key)
+            or session.upstream is None
+        ):
+            metrics.CANCEL_REQUESTS.labels("unknown").inc()
+            log.info("cancel request for an unknown session")
+            return
+        metrics.CANCEL_REQUESTS.labels("forwarded").inc()
+        log.info("forwarding cancel request", extra={"target_session": session.id})
+        await send_cancel(session.upstream)
+
+    # ------------------------------------------------------------ serving
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
+        from pgjit.session import Session
+
+        cfg = self.config.listen
+        listeners = await self._bind(cfg.host, cfg.port, cfg.reuse_port, cfg.backlog)
+        self.addresses = [s.getsockname()[:2] for s in listeners]
+        async with trio.open_nursery() as session_nursery:
+            async with trio.open_nursery() as listen_nursery:
+                for lsock in listeners:
+                    listen_nursery.start_soon(self._accept_loop, lsock, session_nursery, Session)
+                log.info("listening", extra={"addresses": ",".join(f"{h}:{p}" for h, p in self.addresses)})
+                task_status.started(self.addresses)
+                await self._shutdown.wait()
+                listen_nursery.cancel_scope.cancel()
+            for lsock in listeners:
+                lsock.close()
+            self._draining = True
+            await self._drain()
+        log.info("stopped")
+
+    async def _bind(self, host: str, port: int, reuse_port: bool, backlog: int) -> list[trio.socket.SocketType]:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        out = []
+        seen = set()
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            s = trio.socket.socket(family, type_, proto)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await s.bind(addr)
+            s.listen(backlog)
+            out.append(s)
+            if port == 0:
+                # Bind every other address to the same kernel-chosen port.
+                port = s.getsockname()[1]
+                break
+        return out
+
+    async def _accept_loop(self, lsock: trio.socket.SocketType, nursery: trio.Nursery, session_cls: type) -> None:
+        while True:
+            try:
+                tsock, peer = await lsock.accept()
+            except OSError as e:
+                # EMFILE and friends: back off instead of spinning.
+                log.warning("accept failed", extra={"error": str(e)})
+                await trio.sleep(0.1)
+                continue
+            transport = SocketTransport.from_trio_socket(tsock)
+            if self._draining or len(self.sessions) > self.config.listen.max_clients + _EXCESS_ALLOWANCE:
+                await transport.aclose()
+                continue
+            session = session_cls(self, transport, peer)
+            self.sessions.add(session)
+            nursery.start_soon(session.run)
+
+    async def _drain(self) -> None:
+        grace = self.config.timeouts.shutdown_grace
+        log.info("shutting down", extra={"sessions": len(self.sessions), "grace_seconds": grace})
+        with trio.move_on_after(grace):
+            while self.sessions and not all(s.idle for s in self.sessions):
+                await trio.sleep(0.05)
+        for s in list(self.sessions):
+            s.terminate(AdminShutdown("terminating connection due to administrator command"))

@@ -1,0 +1,477 @@
+"""One client session: startup, authentication, upstream login, then the relay.
+
+The relay runs two tasks, one per direction. Each reads what its socket has,
+finds frame boundaries with the codec's ``scan_watched``, looks only at the few
+message types it must (everything else is forwarded as raw bytes), and sends
+the whole batch with one write.
+
+Replies the gateway makes up itself (refusing a FunctionCall now; policy
+denials later) must reach the client in order with the server's replies and
+leave the upstream transaction exactly as an error would. pgjit therefore never
+writes such a reply itself mid-stream: it replaces the refused message by a
+``Bind`` to a prepared statement that does not exist, whose name is a random
+marker. The server answers with its own 26000 error at exactly the right place
+(and aborts the transaction or skips to Sync, as for any error); the
+server-to-client task swaps that error for pgjit's. The pending markers are the
+session's queue of made-up replies.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+import ssl
+import struct
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from pgjit import logs, metrics
+from pgjit.clientauth import Principal
+from pgjit.errors import (
+    AdminShutdown,
+    FatalError,
+    FeatureNotSupported,
+    PgjitError,
+    ProtocolViolation,
+    TooManyConnections,
+    UpstreamUnavailable,
+)
+from pgjit.protocol import messages as m
+from pgjit.protocol.framing import scan_watched
+from pgjit.transport import TLSTransport, Transport, TransportClosed, start_tls
+from pgjit.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pgjit.server import Gateway
+
+log = logging.getLogger("pgjit.session")
+
+_U32 = struct.Struct("!I")
+
+# Frontend tags.
+F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
+# Backend tags.
+B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
+
+# Client messages each answered by exactly one ReadyForQuery.
+_RFQ_PRODUCERS = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL))
+# Backend messages that may stream through unbuffered when split across reads.
+_STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
+_STREAM_THRESHOLD = 64 * 1024
+# Upstream messages may be as large as PostgreSQL allows (1 GB field + header).
+_MAX_BACKEND_MESSAGE = (1 << 30) + (1 << 20)
+
+# Startup parameters pgjit sets itself or refuses; never forwarded as given.
+_NOT_FORWARDED = frozenset(("user", "database", "replication"))
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    AUTH = "auth"
+    UPSTREAM = "upstream"
+    RELAY = "relay"
+    CLOSED = "closed"
+
+
+class Session:
+    def __init__(self, gateway: "Gateway", client: Transport, peer: object) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        self.id = secrets.token_hex(8)
+        self.peer = peer
+        self.client = client
+        self.client_stream = MessageStream(client, self.config.limits.max_message_size, startup=True)
+        self.phase = Phase.STARTUP
+        self.principal: Principal | None = None
+        self.database: str | None = None
+        self.upstream: UpstreamConnection | None = None
+        # pgjit's own cancel key for this session (mapped to the upstream's).
+        self.key = gateway.new_cancel_key(self)
+        self.txn_status = b"I"
+        self.rfq_sent = 0  # RFQ-producing client messages forwarded
+        self.rfq_received = 0  # ReadyForQuery frames relayed back
+        # marker -> (error to show, index of the ReadyForQuery that ends its pipeline)
+        self._rewrites: dict[str, tuple[PgjitError, int]] = {}
+        self._client_mid_message = False
+        self._relay_scope: trio.CancelScope | None = None
+        self._scope: trio.CancelScope | None = None
+        self._terminate_error: PgjitError | None = None
+        self.end_reason = "ok"
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def idle(self) -> bool:
+        """At rest between transactions: nothing in flight, no open transaction."""
+        if self.phase is not Phase.RELAY:
+            return True  # nothing of the client's is running yet (or any more)
+        return self.rfq_sent == self.rfq_received and self.txn_status == b"I"
+
+    def terminate(self, error: PgjitError) -> None:
+        """End the session with ``error`` (e.g. 57P01 at shutdown)."""
+        if self._terminate_error is None:
+            self._terminate_error = error
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> None:
+        token = logs.session_id.set(self.id)
+        metrics.SESSIONS_ACTIVE.inc()
+        try:
+            with trio.CancelScope() as self._scope:
+                if self._terminate_error is not None:
+                    self._scope.cancel()
+                await self._run()
+            if self._terminate_error is not None:
+                raise self._terminate_error
+        except PgjitError as e:
+            self.end_reason = _outcome(e)
+            if e.fatal:
+                log.info("session refused", extra={"sqlstate": e.sqlstate, "reason": e.message, "phase": self.phase.value})
+            await self._send_error(e)
+        except (EOFError, TransportClosed):
+            self.end_reason = "client_gone" if self.phase is not Phase.RELAY else self.end_reason
+        except trio.TooSlowError:
+            err = _timeout_error(self.phase)
+            self.end_reason = "timeout"
+            log.info("phase timed out", extra={"phase": self.phase.value})
+            await self._send_error(err)
+        except Exception:
+            self.end_reason = "internal_error"
+            log.exception("internal error")
+            await self._send_error(
+                FatalError(f"internal error in pgjit (session {self.id})", sqlstate="XX000")
+            )
+        finally:
+            self.phase = Phase.CLOSED
+            with trio.CancelScope(shield=True):
+                await self._close()
+            self.gateway.forget_session(self)
+            metrics.SESSIONS_ACTIVE.dec()
+            metrics.SESSIONS_TOTAL.labels(self.end_reason).inc()
+            log.info(
+                "session closed",
+                extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3)},
+            )
+            logs.session_id.reset(token)
+
+    async def _run(self) -> None:
+        t = self.config.timeouts
+        with trio.fail_after(t.startup):
+            startup = await self._startup()
+        if startup is None:
+            return  # a CancelRequest connection
+        if self.gateway.over_client_limit(self):
+            raise TooManyConnections("sorry, too many clients already")
+        self.phase = Phase.AUTH
+        with trio.fail_after(t.auth):
+            self.principal = await self.gateway.authenticator.authenticate(self, startup)
+        params = startup.parameters
+        db = params.get("database") or params.get("user", "")
+        target = self.config.targets.get(db)
+        if target is None:
+            raise FatalError(f'database "{db}" does not exist', sqlstate="3D000",
+                             hint="the databases this gateway serves are its configured targets")
+        self.database = db
+        log.info("client authenticated", extra={"user": self.principal.user, "database": db})
+        self.phase = Phase.UPSTREAM
+        connect_started = time.monotonic()
+        forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+        with trio.fail_after(t.upstream_connect):
+            self.upstream = await connect_upstream(
+                host=target.host,
+                port=target.port,
+                database=target.database,
+                user=target.user,
+                password=target.password,
+                parameters=forwarded,
+                tls_mode=target.tls.mode,
+                tls_ctx=self.gateway.upstream_tls_context(target),
+                server_name=target.tls.server_name,
+                max_size=_MAX_BACKEND_MESSAGE,
+            )
+        up = self.upstream
+        self.txn_status = up.transaction_status
+        await self.client_stream.send(
+            m.AuthenticationOk(),
+            *up.greeting,
+            self.key,
+            m.ReadyForQuery(up.transaction_status),
+        )
+        metrics.CONNECT_SECONDS.observe(time.monotonic() - connect_started)
+        self.phase = Phase.RELAY
+        await self._relay()
+
+    # --------------------------------------------------------------- startup
+
+    async def _startup(self) -> m.StartupMessage | None:
+        while True:
+            body = await self.client_stream.read_startup_packet()
+            msg = m.decode_startup_packet(body)
+            if isinstance(msg, m.SSLRequest):
+                await self._negotiate_tls()
+                continue
+            if isinstance(msg, m.GSSENCRequest):
+                await self.client.send_all(b"N")
+                continue
+            if isinstance(msg, m.CancelRequest):
+                self.end_reason = "cancel_request"
+                await self.gateway.handle_cancel(msg)
+                return None
+            assert isinstance(msg, m.StartupMessage)
+            if msg.major != 3:
+                raise ProtocolViolation(f"unsupported frontend protocol {msg.major}.{msg.minor}")
+            self.client_stream.buf.end_startup()
+            unrecognized = tuple(k for k in msg.parameters if k.startswith("_pq_."))
+            if msg.minor > 0 or unrecognized:
+                # Ask for 3.0: the client downgrades (or gives up) cleanly.
+                await self.client_stream.send(m.NegotiateProtocolVersion(0, unrecognized))
+            repl = msg.parameters.get("replication")
+            if repl is not None and repl.lower() not in ("false", "off", "no", "0"):
+                raise FatalError(
+                    "replication connections are not supported through pgjit",
+                    sqlstate="0A000",
+                    hint="connect to the database server directly for replication",
+                )
+            if "user" not in msg.parameters:
+                raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate="28000")
+            return msg
+
+    async def _negotiate_tls(self) -> None:
+        if self.client.tls:
+            raise ProtocolViolation("SSLRequest received on an encrypted connection")
+        ctx = self.gateway.client_tls_context
+        if ctx is None:
+            await self.client.send_all(b"N")
+            return
+        if self.client_stream.buf.buffered:
+            # Data pipelined after SSLRequest could be injected by a
+            # man in the middle (CVE-2021-23222's server-side twin).
+            raise ProtocolViolation("unexpected data after SSLRequest")
+        await self.client.send_all(b"S")
+        assert hasattr(self.client, "to_trio_stream")
+        try:
+            self.client = await start_tls(self.client, ctx, server_side=True)  # type: ignore[arg-type]
+        except (ssl.SSLError, trio.BrokenResourceError) as e:
+            raise EOFError(f"TLS handshake failed: {e}") from None
+        self.client_stream = MessageStream(self.client, self.config.limits.max_message_size, startup=True)
+
+    # ------------------------------------------------------------------ relay
+
+    async def _relay(self) -> None:
+        leftover = self.client_stream.buf.take_raw()
+        async with trio.open_nursery() as nursery:
+            self._relay_scope = nursery.cancel_scope
+            if self._terminate_error is not None:
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(self._client_to_server, bytearray(leftover))
+            nursery.start_soon(self._server_to_client)
+        if self._terminate_error is not None:
+            raise self._terminate_error
+
+    async def _client_to_server(self, buf: bytearray) -> None:
+        client = self.client
+        up = self.upstream.transport  # type: ignore[union-attr]
+        max_size = self.config.limits.max_message_size
+        watch = _FRONTEND_WATCH
+        try:
+            while True:
+                if buf:
+                    frames, end = scan_watched(buf, 0, len(buf), max_size, watch)
+                    if end:
+                        if frames:
+                            out, stop = self._frontend_frames(buf, frames, end)
+                        else:
+                            out, stop = memoryview(buf)[:end], False
+                        try:
+                            if out:
+                                await up.send_all(out)
+                        finally:
+                            if isinstance(out, memoryview):
+                                out.release()
+                        del buf[:end]
+                        if stop:
+                            self.end_reason = "ok"
+                            return
+                data = await client.receive()
+                if not data:
+                    self.end_reason = "client_gone"
+                    return
+                buf += data
+        finally:
+            self._relay_scope.cancel()  # type: ignore[union-attr]
+
+    def _frontend_frames(self, buf: bytearray, frames: list[tuple[int, int, int]], end: int) -> tuple[bytes, bool]:
+        """Forward ``buf[:end]`` with the watched frames handled; returns (bytes, stop)."""
+        out: list[bytes] = []
+        seg = 0
+        for tag, start, stop in frames:
+            if tag in _RFQ_PRODUCERS:
+                self.rfq_sent += 1
+            if tag == F_TERMINATE:
+                out.append(bytes(buf[seg:stop]))
+                return b"".join(out), True
+            if tag == F_FUNCTION_CALL:
+                out.append(bytes(buf[seg:start]))
+                out.append(
+                    self._refuse(
+                        FeatureNotSupported(
+                            "the FunctionCall protocol message is not allowed through pgjit",
+                            hint="call the function with a SQL statement, so that it can be checked",
+                        )
+                    )
+                )
+                seg = stop
+        out.append(bytes(buf[seg:end]))
+        return b"".join(out), False
+
+    def _refuse(self, error: PgjitError) -> bytes:
+        """Bytes that stand in, upstream, for a refused client message that
+        would itself have been answered with a ReadyForQuery (Query,
+        FunctionCall): a Bind that fails with a marker, then Sync."""
+        marker = "pgjit_refused_" + secrets.token_hex(8)
+        self._rewrites[marker] = (error, self.rfq_sent)
+        return m.Bind("", marker).encode() + m.Sync().encode()
+
+    async def _server_to_client(self) -> None:
+        up = self.upstream.transport  # type: ignore[union-attr]
+        client = self.client
+        buf = bytearray()
+        skip = 0  # bytes of a large streamable message still to pass through
+        last_was_error = False  # was the last whole frame relayed an ErrorResponse?
+        try:
+            while True:
+                data = await up.receive()
+                if not data:
+                    if not self._client_mid_message and skip == 0 and not last_was_error:
+                        self.end_reason = "upstream_closed"
+                        self._terminate_error = UpstreamUnavailable(
+                            "the upstream server closed the connection unexpectedly"
+                        )
+                    elif self.end_reason == "ok":
+                        self.end_reason = "upstream_closed"
+                    return
+                if skip:
+                    if len(data) <= skip:
+                        skip -= len(data)
+                        self._client_mid_message = True
+                        await client.send_all(data)
+                        self._client_mid_message = skip > 0
+                        continue
+                    head, data = data[:skip], data[skip:]
+                    skip = 0
+                    self._client_mid_message = True
+                    await client.send_all(head)
+                    self._client_mid_message = False
+                buf += data
+                frames, end = scan_watched(buf, 0, len(buf), _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
+                out = self._backend_frames(buf, frames, end) if frames else None
+                if end:
+                    last_was_error = bool(frames) and frames[-1][0] == B_ERROR and frames[-1][2] == end
+                tail = len(buf) - end
+                if tail >= 5 and buf[end] in _STREAMABLE:
+                    length = _U32.unpack_from(buf, end + 1)[0]
+                    if length + 1 - tail >= _STREAM_THRESHOLD:
+                        # A large row: pass what we have through now and the
+                        # rest as it arrives, instead of buffering it whole.
+                        skip = end + 1 + length - len(buf)
+                        if out is None:
+                            out = bytes(buf)
+                        else:
+                            out += bytes(buf[end:])
+                        end = len(buf)
+                if out is None and end:
+                    out = bytes(buf[:end])
+                if end:
+                    del buf[:end]
+                if out:
+                    self._client_mid_message = True
+                    await client.send_all(out)
+                    self._client_mid_message = skip > 0
+        finally:
+            self._relay_scope.cancel()  # type: ignore[union-attr]
+
+    def _backend_frames(self, buf: bytearray, frames: list[tuple[int, int, int]], end: int) -> bytes:
+        out: list[bytes] = []
+        seg = 0
+        for tag, start, stop in frames:
+            if tag == B_READY:
+                self.rfq_received += 1
+                self.txn_status = bytes(buf[start + 5 : start + 6])
+                if self._rewrites:
+                    received = self.rfq_received
+                    for marker in [k for k, (_, due) in self._rewrites.items() if due <= received]:
+                        del self._rewrites[marker]
+            elif tag == B_ERROR and self._rewrites:
+                replacement = self._rewrite_error(bytes(buf[start + 5 : stop]))
+                if replacement is not None:
+                    out.append(bytes(buf[seg:start]))
+                    out.append(replacement)
+                    seg = stop
+        out.append(bytes(buf[seg:end]))
+        return b"".join(out)
+
+    def _rewrite_error(self, body: bytes) -> bytes | None:
+        err = m.ErrorResponse.decode(body)
+        if err.sqlstate != "26000":
+            return None
+        text = err.message or ""
+        for marker, (error, _) in self._rewrites.items():
+            if marker in text:
+                del self._rewrites[marker]
+                return m.ErrorResponse.from_error(error).encode()
+        return None
+
+    # ------------------------------------------------------------- teardown
+
+    async def _send_error(self, error: PgjitError) -> None:
+        if self._client_mid_message:
+            return
+        try:
+            with trio.move_on_after(2):
+                await self.client.send_all(m.ErrorResponse.from_error(error).encode())
+        except (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _close(self) -> None:
+        up = self.upstream
+        if up is not None:
+            try:
+                if self.rfq_sent != self.rfq_received and self._terminate_error is not None:
+                    # A query is still running upstream: stop it, do not leave it
+                    # to finish for nobody.
+                    await send_cancel(up, timeout=2)
+                with trio.move_on_after(1):
+                    await up.transport.send_all(m.Terminate().encode())
+            except Exception:
+                pass
+            await up.transport.aclose()
+        await self.client.aclose()
+
+
+_FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE))
+_BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def _outcome(e: PgjitError) -> str:
+    if isinstance(e, AdminShutdown):
+        return "shutdown"
+    if isinstance(e, UpstreamUnavailable):
+        return "upstream_error"
+    if isinstance(e, ProtocolViolation):
+        return "client_error"
+    return "refused"
+
+
+def _timeout_error(phase: Phase) -> PgjitError:
+    if phase is Phase.UPSTREAM:
+        return UpstreamUnavailable("timed out connecting to the upstream server")
+    if phase is Phase.AUTH:
+        return FatalError("canceling authentication due to timeout", sqlstate="28000")
+    return FatalError("canceling startup due to timeout", sqlstate="08P01")
