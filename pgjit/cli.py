@@ -93,19 +93,18 @@ def _cmd_serve(args) -> int:
     async def main() -> None:
         gateway = Gateway(cfg)
         async with trio.open_nursery() as nursery:
-            await nursery.start(gateway.serve)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    gateway.request_shutdown()
-                    break
-            # A second signal while draining ends at once.
-            nursery.start_soon(_second_signal, nursery.cancel_scope)
+            nursery.start_soon(_on_signals, gateway, nursery.cancel_scope)
+            await gateway.serve()
+            nursery.cancel_scope.cancel()
 
-    async def _second_signal(scope) -> None:
+    async def _on_signals(gateway, scope) -> None:
+        # First SIGTERM/SIGINT: drain. A second one while draining: stop now.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
-                scope.cancel()
-                return
+                if gateway.shutdown_requested:
+                    scope.cancel()
+                    return
+                gateway.request_shutdown()
 
     try:
         trio.run(main)

@@ -99,6 +99,10 @@ class Gateway:
 
     # ------------------------------------------------------------ serving
 
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown.is_set()
+
     def request_shutdown(self) -> None:
         self._shutdown.set()
 

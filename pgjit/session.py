@@ -266,12 +266,17 @@ class Session:
 
     async def _relay(self) -> None:
         leftover = self.client_stream.buf.take_raw()
-        async with trio.open_nursery() as nursery:
-            self._relay_scope = nursery.cancel_scope
-            if self._terminate_error is not None:
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(self._client_to_server, bytearray(leftover))
-            nursery.start_soon(self._server_to_client)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._relay_scope = nursery.cancel_scope
+                if self._terminate_error is not None:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._client_to_server, bytearray(leftover))
+                nursery.start_soon(self._server_to_client)
+        except BaseExceptionGroup as group:
+            # One direction failed (and cancelled the other): report that
+            # failure itself, e.g. a ProtocolViolation becomes 08P01.
+            raise _first_error(group) from None
         if self._terminate_error is not None:
             raise self._terminate_error
 
@@ -314,6 +319,8 @@ class Session:
         for tag, start, stop in frames:
             if tag in _RFQ_PRODUCERS:
                 self.rfq_sent += 1
+            if tag not in _FRONTEND_KNOWN:
+                raise ProtocolViolation(f"invalid frontend message type {tag}")
             if tag == F_TERMINATE:
                 out.append(bytes(buf[seg:stop]))
                 return b"".join(out), True
@@ -455,8 +462,22 @@ class Session:
         await self.client.aclose()
 
 
-_FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE))
+# Every frontend message type there is after startup; anything else is a
+# protocol violation the gateway answers itself (08P01), not the server.
+_FRONTEND_KNOWN = frozenset(t[0] for t in m.FRONTEND)
+_FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE)) | (
+    frozenset(range(256)) - _FRONTEND_KNOWN
+)
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group.exceptions[0]
 
 
 def _outcome(e: PgjitError) -> str:

@@ -18,6 +18,8 @@ from pgjit.protocol.errors import ProtocolError
 MECHANISM = "SCRAM-SHA-256"
 MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
 DEFAULT_ITERATIONS = 4096
+# A hostile server could otherwise stall us in PBKDF2 with i=2000000000.
+MAX_ITERATIONS = 1_000_000
 
 
 def _b64(b: bytes) -> str:
@@ -100,8 +102,8 @@ class ScramClient:
             raise ProtocolError("SCRAM server-first-message lacks r, s or i") from e
         if not nonce.startswith(self.nonce) or len(nonce) <= len(self.nonce):
             raise ProtocolError("SCRAM server nonce does not extend the client nonce")
-        if iterations < 1:
-            raise ProtocolError("SCRAM iteration count must be positive")
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            raise ProtocolError(f"SCRAM iteration count {iterations} is outside 1..{MAX_ITERATIONS}")
         cbind = self.gs2_header.encode("ascii") + (self.channel_binding or b"")
         without_proof = f"c={_b64(cbind)},r={nonce}"
         auth_message = f"{self._client_first_bare},{text},{without_proof}".encode("ascii")

@@ -1,0 +1,239 @@
+"""``make bench``: pgjit side by side with a direct connection and PgBouncer.
+
+Every workload runs against the three targets in one process, interleaved
+round by round (direct, pgbouncer, pgjit, direct, ...), so drift on the
+machine hits all three alike. For the proxies, CPU time is read from
+/proc/<pid>/stat before and after each run and divided by the transactions
+pgbench reports: the proxy's CPU microseconds per transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pgjit.devtools.pgcluster import PgCluster
+
+REPO = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[11], fields[12] are utime, stime (14th and 15th of the full line)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    user: str
+    password: str
+    pid: int | None = None  # proxy process, for CPU accounting
+
+
+@dataclass
+class Result:
+    tps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+
+def run_pgbench(pgbench: str, t: Target, args: list[str], duration: float | None) -> tuple[float, int, str]:
+    env = dict(os.environ, PGPASSWORD=t.password, PGSSLMODE="disable")
+    cmd = [pgbench, "-h", "127.0.0.1", "-p", str(t.port), "-U", t.user, "-n", *args]
+    if duration:
+        cmd += ["-T", str(int(duration))]
+    cmd.append("appdb")
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"pgbench against {t.name} failed:\n{p.stdout}\n{p.stderr}")
+    tps = float(re.search(r"tps = ([\d.]+) \(without initial", p.stdout).group(1))
+    txns = int(re.search(r"number of transactions actually processed: (\d+)", p.stdout).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", p.stdout)
+    if failed and int(failed.group(1)):
+        raise RuntimeError(f"pgbench against {t.name} had failed transactions:\n{p.stdout}")
+    return tps, txns, p.stdout
+
+
+def measure(pgbench: str, t: Target, args: list[str], duration: float | None) -> tuple[float, float | None]:
+    before = cpu_seconds(t.pid) if t.pid else None
+    tps, txns, _ = run_pgbench(pgbench, t, args, duration)
+    cpu = None
+    if t.pid and before is not None and txns:
+        cpu = (cpu_seconds(t.pid) - before) / txns * 1e6
+    return tps, cpu
+
+
+def start_pgbouncer(workdir: Path, pg: PgCluster) -> tuple[subprocess.Popen, int, int]:
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(exe).exists():
+        raise SystemExit("pgbouncer is not installed (make sysdeps installs the Debian package)")
+    port = free_port()
+    (workdir / "userlist.txt").write_text('"app" "apppass"\n')
+    ini = workdir / "pgbouncer.ini"
+    ini.write_text(
+        f"""[databases]
+appdb = host=127.0.0.1 port={pg.port} dbname=appdb user=app password=apppass
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = any
+auth_file = {workdir}/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+logfile = {workdir}/pgbouncer.log
+pidfile = {workdir}/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    cmd = [exe, str(ini)]
+    if os.geteuid() == 0:
+        os.chmod(workdir, 0o777)
+        for f in workdir.iterdir():
+            os.chmod(f, 0o666)
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_port(port, proc, "pgbouncer")
+    # runuser forks pgbouncer as a child: account CPU to the real process.
+    pid = int((workdir / "pgbouncer.pid").read_text().strip()) if (workdir / "pgbouncer.pid").exists() else proc.pid
+    return proc, port, pid
+
+
+def start_pgjit(workdir: Path, pg: PgCluster) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port, "max_clients": 500},
+        "log": {"level": "warning"},
+        "targets": {"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app", "password": "apppass"}},
+    }
+    path = workdir / "pgjit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "pgjit", "serve", "--config", str(path)], stderr=open(workdir / "pgjit.log", "wb"))
+    _wait_port(port, proc, "pgjit")
+    return proc, port
+
+
+def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{name} did not listen on {port} within {timeout} s")
+
+
+def fmt_row(name: str, r: Result, direct_tps: float) -> str:
+    tps = statistics.median(r.tps)
+    cpu = f"{statistics.median(r.cpu_us):7.1f}" if r.cpu_us else "      -"
+    return f"  {name:<10} {tps:>11,.0f} {tps / direct_tps:>7.2f}x {cpu}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pgjit-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10, help="seconds per pgbench run (default 10)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per workload (default 2)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--scale", type=int, default=10, help="pgbench scale; 10 gives the 1M-row table")
+    ap.add_argument("--only", help="comma-separated workload names to run")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pgjit-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    pg = PgCluster(workdir / "pgdata")
+    pg.init()
+    pg.start({"max_connections": "200"})
+    procs: list[subprocess.Popen] = []
+    try:
+        pg.bootstrap_test_roles()
+        pgbench = str(Path(pg.bindir) / "pgbench") if (Path(pg.bindir) / "pgbench").exists() else "pgbench"
+        direct = Target("direct", pg.port, "app", "apppass")
+        init_env = dict(os.environ, PGPASSWORD="apppass")
+        subprocess.run([pgbench, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app", "appdb"],
+                       env=init_env, check=True, capture_output=True)
+        bouncer_dir = workdir / "pgbouncer"
+        bouncer_dir.mkdir(exist_ok=True)
+        bproc, bport, bpid = start_pgbouncer(bouncer_dir, pg)
+        procs.append(bproc)
+        jproc, jport = start_pgjit(workdir, pg)
+        procs.append(jproc)
+        targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid)]
+
+        big = workdir / "big.sql"
+        big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")
+        c, j = str(args.clients), "2"
+        workloads = {
+            "select-simple": (["-S", "-M", "simple", "-c", c, "-j", j], args.duration),
+            "select-extended": (["-S", "-M", "extended", "-c", c, "-j", j], args.duration),
+            "select-prepared": (["-S", "-M", "prepared", "-c", c, "-j", j], args.duration),
+            "tpcb-simple": (["-M", "simple", "-c", c, "-j", j], args.duration),
+            "1M-row-result": (["-f", str(big), "-c", "1", "-t", "3"], None),
+        }
+        if args.only:
+            keep = set(args.only.split(","))
+            workloads = {k: v for k, v in workloads.items() if k in keep}
+
+        print(f"pgjit benchmark: {os.cpu_count()} cores, PostgreSQL {pg.version}, pgbench scale {args.scale}, "
+              f"{args.clients} clients, {args.duration:.0f} s per run, {args.rounds} interleaved rounds (medians shown)")
+        rows_1m = args.scale * 100_000
+        for name, (wargs, duration) in workloads.items():
+            results = {t.name: Result() for t in targets}
+            for _ in range(args.rounds):
+                for t in targets:
+                    tps, cpu = measure(pgbench, t, wargs, duration)
+                    results[t.name].tps.append(tps)
+                    if cpu is not None:
+                        results[t.name].cpu_us.append(cpu)
+            direct_tps = statistics.median(results["direct"].tps)
+            unit = "TPS" if name != "1M-row-result" else "results/s"
+            print(f"\n{name}")
+            print(f"  {'target':<10} {unit:>11} {'ratio':>8} {'proxy CPU us/txn':>17}")
+            for t in targets:
+                print(fmt_row(t.name, results[t.name], direct_tps))
+            if name == "1M-row-result":
+                for t in targets:
+                    rps = statistics.median(results[t.name].tps) * rows_1m
+                    print(f"  {t.name:<10} {rps:>14,.0f} rows/s")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if (workdir / "pgbouncer" / "pgbouncer.pid").exists():
+            try:
+                os.kill(int((workdir / "pgbouncer" / "pgbouncer.pid").read_text()), 15)
+            except (OSError, ValueError):
+                pass
+        pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
