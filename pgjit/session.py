@@ -56,8 +56,6 @@ F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[
 # Backend tags.
 B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
 
-# Client messages each answered by exactly one ReadyForQuery.
-_RFQ_PRODUCERS = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL))
 # Backend messages that may stream through unbuffered when split across reads.
 _STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
 _STREAM_THRESHOLD = 64 * 1024
@@ -271,7 +269,7 @@ class Session:
                 self._relay_scope = nursery.cancel_scope
                 if self._terminate_error is not None:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._client_to_server, bytearray(leftover))
+                nursery.start_soon(self._client_to_server, leftover)
                 nursery.start_soon(self._server_to_client)
         except BaseExceptionGroup as group:
             # One direction failed (and cancelled the other): report that
@@ -280,35 +278,55 @@ class Session:
         if self._terminate_error is not None:
             raise self._terminate_error
 
-    async def _client_to_server(self, buf: bytearray) -> None:
+    async def _client_to_server(self, leftover: bytes) -> None:
         client = self.client
         up = self.upstream.transport  # type: ignore[union-attr]
         max_size = self.config.limits.max_message_size
         watch = _FRONTEND_WATCH
+        # Bytes of an incomplete frame carried over to the next read. A
+        # bytearray so that a large message arriving in pieces is
+        # accumulated in amortised linear time.
+        pending: bytearray | None = bytearray(leftover) if leftover else None
+        first = pending is not None  # the leftover may hold whole frames already
         try:
             while True:
-                if buf:
-                    frames, end = scan_watched(buf, 0, len(buf), max_size, watch)
-                    if end:
-                        if frames:
-                            out, stop = self._frontend_frames(buf, frames, end)
+                if first:
+                    first = False
+                    data: bytes | bytearray = pending  # type: ignore[assignment]
+                else:
+                    data = await client.receive()
+                    if not data:
+                        self.end_reason = "client_gone"
+                        return
+                    if pending is not None:
+                        pending += data
+                        data = pending
+                frames, end = scan_watched(data, 0, len(data), max_size, watch)
+                pending = _carry(data, end, pending)
+                if not end:
+                    continue
+                stop = False
+                if frames:
+                    simple = True
+                    for tag, _, _ in frames:
+                        if tag == F_QUERY or tag == F_SYNC:
+                            self.rfq_sent += 1
                         else:
-                            out, stop = memoryview(buf)[:end], False
-                        try:
-                            if out:
-                                await up.send_all(out)
-                        finally:
-                            if isinstance(out, memoryview):
-                                out.release()
-                        del buf[:end]
-                        if stop:
-                            self.end_reason = "ok"
-                            return
-                data = await client.receive()
-                if not data:
-                    self.end_reason = "client_gone"
+                            simple = False
+                    if not simple:
+                        data, stop = self._frontend_frames(data, frames, end)
+                        end = len(data)
+                if end == len(data):
+                    await up.send_all(data)
+                else:
+                    view = memoryview(data)[:end]
+                    try:
+                        await up.send_all(view)
+                    finally:
+                        view.release()
+                if stop:
+                    self.end_reason = "ok"
                     return
-                buf += data
         finally:
             self._relay_scope.cancel()  # type: ignore[union-attr]
 
@@ -317,7 +335,7 @@ class Session:
         out: list[bytes] = []
         seg = 0
         for tag, start, stop in frames:
-            if tag in _RFQ_PRODUCERS:
+            if tag == F_FUNCTION_CALL:
                 self.rfq_sent += 1
             if tag not in _FRONTEND_KNOWN:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
@@ -349,14 +367,14 @@ class Session:
     async def _server_to_client(self) -> None:
         up = self.upstream.transport  # type: ignore[union-attr]
         client = self.client
-        buf = bytearray()
+        pending: bytearray | None = None  # an incomplete frame carried over
         skip = 0  # bytes of a large streamable message still to pass through
         last_was_error = False  # was the last whole frame relayed an ErrorResponse?
         try:
             while True:
-                data = await up.receive()
+                data: bytes | bytearray = await up.receive()
                 if not data:
-                    if not self._client_mid_message and skip == 0 and not last_was_error:
+                    if not self._client_mid_message and skip == 0 and pending is None and not last_was_error:
                         self.end_reason = "upstream_closed"
                         self._terminate_error = UpstreamUnavailable(
                             "the upstream server closed the connection unexpectedly"
@@ -376,27 +394,39 @@ class Session:
                     self._client_mid_message = True
                     await client.send_all(head)
                     self._client_mid_message = False
-                buf += data
-                frames, end = scan_watched(buf, 0, len(buf), _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
-                out = self._backend_frames(buf, frames, end) if frames else None
-                if end:
-                    last_was_error = bool(frames) and frames[-1][0] == B_ERROR and frames[-1][2] == end
-                tail = len(buf) - end
-                if tail >= 5 and buf[end] in _STREAMABLE:
-                    length = _U32.unpack_from(buf, end + 1)[0]
-                    if length + 1 - tail >= _STREAM_THRESHOLD:
-                        # A large row: pass what we have through now and the
-                        # rest as it arrives, instead of buffering it whole.
-                        skip = end + 1 + length - len(buf)
-                        if out is None:
-                            out = bytes(buf)
-                        else:
-                            out += bytes(buf[end:])
-                        end = len(buf)
-                if out is None and end:
-                    out = bytes(buf[:end])
-                if end:
-                    del buf[:end]
+                if pending is not None:
+                    pending += data
+                    data = pending
+                n = len(data)
+                frames, end = scan_watched(data, 0, n, _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
+                if frames:
+                    rewrite = False
+                    for tag, start, _ in frames:
+                        if tag == B_READY:
+                            self.rfq_received += 1
+                            self.txn_status = data[start + 5 : start + 6]
+                        elif self._rewrites:
+                            rewrite = True
+                    last = frames[-1]
+                    last_was_error = last[0] == B_ERROR and last[2] == end
+                    if rewrite or self._rewrites:
+                        out = self._backend_frames(data, frames, end)
+                    else:
+                        out = data if end == n else data[:end]
+                elif end:
+                    last_was_error = False
+                    out = data if end == n else data[:end]
+                else:
+                    out = b""
+                tail = n - end
+                if tail >= 5 and data[end] in _STREAMABLE and _U32.unpack_from(data, end + 1)[0] + 1 - tail >= _STREAM_THRESHOLD:
+                    # A large row: pass what we have through now and the rest
+                    # as it arrives, instead of buffering it whole.
+                    skip = _U32.unpack_from(data, end + 1)[0] + 1 - tail
+                    out = data if end == 0 and not out else bytes(out) + bytes(data[end:])
+                    pending = None
+                else:
+                    pending = _carry(data, end, pending)
                 if out:
                     self._client_mid_message = True
                     await client.send_all(out)
@@ -407,12 +437,12 @@ class Session:
     def _backend_frames(self, buf: bytearray, frames: list[tuple[int, int, int]], end: int) -> bytes:
         out: list[bytes] = []
         seg = 0
+        # rfq_received already counts this batch; replay the count frame by frame.
+        received = self.rfq_received - sum(1 for f in frames if f[0] == B_READY)
         for tag, start, stop in frames:
             if tag == B_READY:
-                self.rfq_received += 1
-                self.txn_status = bytes(buf[start + 5 : start + 6])
+                received += 1
                 if self._rewrites:
-                    received = self.rfq_received
                     for marker in [k for k, (_, due) in self._rewrites.items() if due <= received]:
                         del self._rewrites[marker]
             elif tag == B_ERROR and self._rewrites:
@@ -469,6 +499,16 @@ _FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE)) | (
     frozenset(range(256)) - _FRONTEND_KNOWN
 )
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def _carry(data: bytes | bytearray, end: int, pending: bytearray | None) -> bytearray | None:
+    """The incomplete tail of ``data`` after ``end``, without copying a
+    message that is still accumulating in ``pending``."""
+    if end == len(data):
+        return None
+    if end == 0 and data is pending:
+        return pending
+    return bytearray(memoryview(data)[end:])
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

@@ -47,7 +47,7 @@ class Transport:
 class SocketTransport(Transport):
     """A non-blocking stdlib socket driven with trio's low-level waits."""
 
-    __slots__ = ("sock", "_budget", "closed")
+    __slots__ = ("sock", "_budget", "closed", "_scratch", "_view", "_waited")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -55,7 +55,12 @@ class SocketTransport(Transport):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self._budget = _FAIRNESS_BUDGET
+        self._waited = False
         self.closed = False
+        # recv_into a reused buffer: a fresh 256 KiB bytes per recv would be
+        # an mmap/munmap pair each time.
+        self._scratch = bytearray(RECV_SIZE)
+        self._view = memoryview(self._scratch)
 
     @classmethod
     def from_trio_socket(cls, tsock: trio.socket.SocketType) -> "SocketTransport":
@@ -65,23 +70,35 @@ class SocketTransport(Transport):
 
     async def receive(self) -> bytes:
         sock = self.sock
-        self._budget -= 1
-        if self._budget <= 0:
-            self._budget = _FAIRNESS_BUDGET
-            await trio.lowlevel.checkpoint()
+        waited = self._waited
+        if waited:
+            # The last read had to wait, so this one almost surely would too
+            # (request/response traffic): wait first and save a failing
+            # recv syscall. Streaming traffic keeps reading without waiting.
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            self._budget -= 1
+            if self._budget <= 0:
+                # Many reads in a row found data: yield once, so one busy
+                # session cannot starve the others.
+                self._budget = _FAIRNESS_BUDGET
+                await trio.lowlevel.checkpoint()
         while True:
             try:
-                return sock.recv(RECV_SIZE)
+                n = sock.recv_into(self._scratch)
             except BlockingIOError:
-                pass
+                waited = True
+                self._budget = _FAIRNESS_BUDGET
+                await trio.lowlevel.wait_readable(sock)
+                continue
             except (ConnectionResetError, ConnectionAbortedError, TimeoutError):
                 return b""
             except OSError:
                 if self.closed:
                     return b""
                 raise
-            self._budget = _FAIRNESS_BUDGET
-            await trio.lowlevel.wait_readable(sock)
+            self._waited = waited
+            return self._view[:n].tobytes()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock

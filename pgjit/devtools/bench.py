@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from pgjit.devtools.pgcluster import PgCluster
+from pgjit.devtools.pgcluster import PgCluster, make_temp_base
 
 REPO = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pgjit-bench-"))
+    workdir = Path(args.workdir) if args.workdir else make_temp_base("pgjit-bench-")
     workdir.mkdir(parents=True, exist_ok=True)
     pg = PgCluster(workdir / "pgdata")
     pg.init()
