@@ -116,6 +116,14 @@ def _cmd_serve(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "pgjit_identity_command", None):
+        from pgjit.identity import devissuer
+
+        return devissuer.run(args)
+    if args.command == "policy":
+        from pgjit.policy import tool
+
+        return tool.run(args)
     return args.func(args) or 0
 
 

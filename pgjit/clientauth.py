@@ -8,6 +8,7 @@ A ``ClientAuthenticator`` runs the authentication exchange with the client
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,6 +26,7 @@ class Principal:
     user: str
     groups: frozenset[str] = field(default_factory=frozenset)
     subject: str | None = None
+    expires_at: float | None = None  # when the credential (token) stops being valid
 
 
 class ClientAuthenticator(Protocol):
@@ -61,3 +63,39 @@ class LoopbackAnyPassword:
             )
         await request_password(session)  # any password; never logged
         return Principal(user=startup.parameters.get("user", ""))
+
+
+log = logging.getLogger("pgjit.auth")
+
+
+class OIDCAuthenticator:
+    """The password is an OIDC token: verified (signature through JWKS, iss,
+    aud, exp, nbf, iat) before anything else happens for the session.
+
+    The token travels as a cleartext password, so it is only asked for over
+    TLS, or from loopback when ``allow_insecure_loopback`` is set.
+    """
+
+    def __init__(self, verifier, *, allow_insecure_loopback: bool = False) -> None:
+        self.verifier = verifier  # pgjit.identity.TokenVerifier
+        self.allow_insecure_loopback = allow_insecure_loopback
+
+    async def authenticate(self, session: "Session", startup: m.StartupMessage) -> Principal:
+        import trio
+
+        if not session.client.tls and not (self.allow_insecure_loopback and is_loopback(session.peer)):
+            raise InvalidAuthorization(
+                "pgjit accepts tokens only over TLS",
+                hint="connect with sslmode=require (or verify-full)",
+            )
+        token = await request_password(session)
+        startup_user = startup.parameters.get("user", "")
+        # The verifier may fetch the issuer's JWKS: keep that off the event loop.
+        identity = await trio.to_thread.run_sync(self.verifier.verify, token, startup_user)
+        log.info("token verified", extra={"user": identity.user, "groups": ",".join(sorted(identity.groups))})
+        return Principal(
+            user=identity.user,
+            groups=identity.groups,
+            subject=identity.subject,
+            expires_at=identity.expires_at,
+        )

@@ -128,14 +128,37 @@ class UpstreamTLSConfig:
 
 
 @dataclass(frozen=True)
+class JitConfig:
+    """Just-in-time roles for a target (used when ``oidc`` is configured)."""
+
+    owner_role: str = "pgjit_owner"  # REASSIGN OWNED target when a role is dropped
+    sweep_interval: float = 60.0
+    setup_grace: float = 120.0
+    scram_iterations: int = 4096  # PBKDF2 rounds of the role's SCRAM verifier
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str
     host: str
     port: int = 5432
     database: str = ""
+    # Static mode: the credential sessions log in with. OIDC mode: the JIT
+    # broker's admin credential (CREATEROLE, not superuser).
     user: str = ""
     password: str | None = field(default=None, repr=False)
     tls: UpstreamTLSConfig = UpstreamTLSConfig()
+    policy_path: str | None = None
+    policy: Any = field(default=None, repr=False, compare=False)  # pgjit.policy.Policy
+    jit: JitConfig = JitConfig()
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    verifier: Any  # pgjit.identity.OIDCConfig
+    allow_insecure_loopback: bool = False
+    expiry_grace: float = 0.0  # seconds a session may outlive its token
+    jwks_refresh_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -148,8 +171,8 @@ class Config:
     log: LogConfig
     auth: AuthConfig
     targets: Mapping[str, TargetConfig]
+    oidc: OIDCSettings | None = None
     # Sections later issues fill in; kept as validated-to-be-mappings raw data.
-    oidc: Mapping[str, Any] = field(default_factory=dict)
     store: Mapping[str, Any] = field(default_factory=dict)
     api: Mapping[str, Any] = field(default_factory=dict)
 
@@ -294,6 +317,34 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str], lines: dict[tupl
         lines.pop(tuple(parts), None)
 
 
+_OIDC_OWN_KEYS = {"allow_insecure_loopback", "expiry_grace", "jwks_refresh_interval"}
+
+
+def _oidc(ctx: _Ctx, raw: Any) -> OIDCSettings | None:
+    if not raw:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ctx.error(("oidc",), "expected a mapping")
+    from pgjit.identity import OIDCConfig, OIDCConfigError
+
+    verifier_keys = {k: v for k, v in raw.items() if k not in _OIDC_OWN_KEYS}
+    try:
+        verifier = OIDCConfig.from_mapping(verifier_keys, where="oidc")
+    except OIDCConfigError as e:
+        raise ctx.error(tuple(str(e.key).split(".")), e.message) from None
+    path = ("oidc",)
+    return OIDCSettings(
+        verifier=verifier,
+        allow_insecure_loopback=_get(ctx, raw, path, "allow_insecure_loopback", _bool, False),
+        expiry_grace=_get(ctx, raw, path, "expiry_grace", lambda v: float(v) if float(v) >= 0 else _neg(), 0.0),
+        jwks_refresh_interval=_get(ctx, raw, path, "jwks_refresh_interval", _positive_float, 300.0),
+    )
+
+
+def _neg() -> float:
+    raise ValueError("expected zero or a positive number of seconds")
+
+
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
@@ -353,8 +404,15 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         file=_get(ctx, lg, ("log",), "file", _str, None),
     )
 
+    oidc = _oidc(ctx, data.get("oidc"))
     au = _section(ctx, data.get("auth"), ("auth",), {"mode"})
-    auth = AuthConfig(mode=_get(ctx, au, ("auth",), "mode", _choice("loopback_any_password"), "loopback_any_password"))
+    auth = AuthConfig(
+        mode=_get(ctx, au, ("auth",), "mode", _choice("loopback_any_password", "oidc"), "oidc" if oidc else "loopback_any_password")
+    )
+    if auth.mode == "oidc" and oidc is None:
+        raise ctx.error(("auth", "mode"), "mode oidc needs an oidc section")
+    if oidc is not None and auth.mode != "oidc":
+        raise ctx.error(("auth", "mode"), "an oidc section is configured: remove auth.mode or set it to oidc")
 
     tg = data.get("targets")
     if not tg:
@@ -364,7 +422,7 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
     targets: dict[str, TargetConfig] = {}
     for name, raw in tg.items():
         path = ("targets", name)
-        t = _section(ctx, raw, path, {"host", "port", "database", "user", "password", "password_file", "tls"})
+        t = _section(ctx, raw, path, {"host", "port", "database", "user", "password", "password_file", "tls", "policy", "jit"})
         if "host" not in t:
             raise ctx.error(path + ("host",), "required")
         if "user" not in t:
@@ -381,7 +439,28 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         )
         if utls.mode == "verify-full" and not utls.ca:
             raise ctx.error(path + ("tls", "ca"), "verify-full needs a CA file")
+        policy_path = _get(ctx, t, path, "policy", _file(base), None)
+        policy = None
+        if policy_path:
+            from pgjit.policy import Policy, PolicyError
+
+            try:
+                policy = Policy.load(policy_path)
+            except PolicyError as e:
+                raise ConfigError(f"{ctx.error(path + ('policy',), 'the policy file is invalid:')}\n{e}") from None
+        elif oidc is not None:
+            raise ctx.error(path + ("policy",), "required with oidc: the policy's access section maps groups to grants")
+        jt = _section(ctx, t.get("jit"), path + ("jit",), {"owner_role", "sweep_interval", "setup_grace", "scram_iterations"})
+        jit = JitConfig(
+            owner_role=_get(ctx, jt, path + ("jit",), "owner_role", _str, "pgjit_owner"),
+            sweep_interval=_get(ctx, jt, path + ("jit",), "sweep_interval", _positive_float, 60.0),
+            setup_grace=_get(ctx, jt, path + ("jit",), "setup_grace", _positive_float, 120.0),
+            scram_iterations=_get(ctx, jt, path + ("jit",), "scram_iterations", _int_range(4096, 1_000_000), 4096),
+        )
         targets[str(name)] = TargetConfig(
+            policy_path=policy_path,
+            policy=policy,
+            jit=jit,
             name=str(name),
             host=_get(ctx, t, path, "host", _str, ""),
             port=_get(ctx, t, path, "port", _int_range(1, 65535), 5432),
@@ -392,7 +471,7 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         )
 
     reserved = {}
-    for sec in ("oidc", "store", "api"):
+    for sec in ("store", "api"):
         v = data.get(sec) or {}
         if not isinstance(v, dict):
             raise ctx.error((sec,), "expected a mapping")
@@ -407,5 +486,6 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         log=log,
         auth=auth,
         targets=targets,
+        oidc=oidc,
         **reserved,
     )

@@ -8,6 +8,7 @@ bound addresses through ``task_status.started()``.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -18,9 +19,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgjit import metrics
-from pgjit.clientauth import ClientAuthenticator, LoopbackAnyPassword
+from pgjit.clientauth import ClientAuthenticator, LoopbackAnyPassword, OIDCAuthenticator
 from pgjit.config import Config, TargetConfig
 from pgjit.errors import AdminShutdown
+from pgjit.jit.admin import AdminConnection
+from pgjit.jit.broker import JitBroker
 from pgjit.protocol import messages as m
 from pgjit.transport import SocketTransport
 from pgjit.upstream import make_upstream_tls_context, send_cancel
@@ -38,6 +41,18 @@ _EXCESS_ALLOWANCE = 64
 class Gateway:
     def __init__(self, config: Config, authenticator: ClientAuthenticator | None = None) -> None:
         self.config = config
+        self.verifier = None
+        self.brokers: dict[str, JitBroker] = {}
+        self.expiry_grace = 0.0
+        if config.oidc is not None:
+            from pgjit.identity import TokenVerifier
+            from pgjit.identity.http import make_fetcher
+
+            self.verifier = TokenVerifier(config.oidc.verifier, make_fetcher())
+            self.expiry_grace = config.oidc.expiry_grace
+            authenticator = authenticator or OIDCAuthenticator(
+                self.verifier, allow_insecure_loopback=config.oidc.allow_insecure_loopback
+            )
         self.authenticator = authenticator or LoopbackAnyPassword()
         self.sessions: set["Session"] = set()
         self._by_pid: dict[int, "Session"] = {}
@@ -48,6 +63,19 @@ class Gateway:
         for t in config.targets.values():
             if t.tls.mode != "disable":
                 self._upstream_tls[t.name] = make_upstream_tls_context(t.tls.mode, t.tls.ca)
+        if config.oidc is not None:
+            for t in config.targets.values():
+                self.brokers[t.name] = JitBroker(
+                    functools.partial(
+                        AdminConnection.connect, t.host, t.port, t.database, t.user, t.password,
+                        t.tls.mode, self._upstream_tls.get(t.name), t.tls.server_name,
+                        parameters={"application_name": "pgjit:jit-broker"},
+                    ),
+                    owner_role=t.jit.owner_role,
+                    sweep_interval=t.jit.sweep_interval,
+                    setup_grace=max(t.jit.setup_grace, config.timeouts.upstream_connect * 2),
+                    scram_iterations=t.jit.scram_iterations,
+                )
         self.addresses: list[tuple[str, int]] = []
 
     # ----------------------------------------------------------- contexts
@@ -112,19 +140,41 @@ class Gateway:
         cfg = self.config.listen
         listeners = await self._bind(cfg.host, cfg.port, cfg.reuse_port, cfg.backlog)
         self.addresses = [s.getsockname()[:2] for s in listeners]
-        async with trio.open_nursery() as session_nursery:
-            async with trio.open_nursery() as listen_nursery:
+        async with trio.open_nursery() as background:
+            # Housekeeping lives apart from sessions: it outlasts the drain,
+            # so sessions ending during shutdown can still revoke their roles.
+            for broker in self.brokers.values():
+                background.start_soon(broker.run_sweeper)
+            if self.verifier is not None:
+                background.start_soon(self._refresh_jwks)
+            async with trio.open_nursery() as session_nursery:
+                async with trio.open_nursery() as listen_nursery:
+                    for lsock in listeners:
+                        listen_nursery.start_soon(self._accept_loop, lsock, session_nursery, Session)
+                    log.info("listening", extra={"addresses": ",".join(f"{h}:{p}" for h, p in self.addresses)})
+                    task_status.started(self.addresses)
+                    await self._shutdown.wait()
+                    listen_nursery.cancel_scope.cancel()
                 for lsock in listeners:
-                    listen_nursery.start_soon(self._accept_loop, lsock, session_nursery, Session)
-                log.info("listening", extra={"addresses": ",".join(f"{h}:{p}" for h, p in self.addresses)})
-                task_status.started(self.addresses)
-                await self._shutdown.wait()
-                listen_nursery.cancel_scope.cancel()
-            for lsock in listeners:
-                lsock.close()
-            self._draining = True
-            await self._drain()
+                    lsock.close()
+                self._draining = True
+                await self._drain()
+            background.cancel_scope.cancel()
+        for broker in self.brokers.values():
+            with trio.CancelScope(shield=True):
+                await broker.aclose()
         log.info("stopped")
+
+    async def _refresh_jwks(self) -> None:
+        """Keep the issuer's keys warm so that logins do not wait on the IdP."""
+        assert self.config.oidc is not None and self.verifier is not None
+        while True:
+            try:
+                n = await trio.to_thread.run_sync(self.verifier.prefetch, abandon_on_cancel=True)
+                log.debug("jwks refreshed", extra={"keys": n})
+            except Exception as e:  # the IdP being down must not stop the gateway
+                log.warning("jwks refresh failed", extra={"error": str(e)})
+            await trio.sleep(self.config.oidc.jwks_refresh_interval)
 
     async def _bind(self, host: str, port: int, reuse_port: bool, backlog: int) -> list[trio.socket.SocketType]:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -34,6 +34,7 @@ from pgjit.errors import (
     AdminShutdown,
     FatalError,
     FeatureNotSupported,
+    InvalidAuthorization,
     PgjitError,
     ProtocolViolation,
     TooManyConnections,
@@ -99,6 +100,10 @@ class Session:
         self._terminate_error: PgjitError | None = None
         self.end_reason = "ok"
         self.started = time.monotonic()
+        self.jit_role = None  # pgjit.jit.JitRole of this session, once created
+        self.broker = None
+        self.ends_at: float | None = None  # wall-clock end (token expiry / max_session)
+        self.end_message = ""
 
     # ------------------------------------------------------------------ state
 
@@ -181,13 +186,19 @@ class Session:
         self.phase = Phase.UPSTREAM
         connect_started = time.monotonic()
         forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+        user, password = target.user, target.password
+        broker = self.gateway.brokers.get(db)
+        if broker is not None:
+            user, password = await self._create_jit_role(target, broker)
+            # The server's own logs (log_line_prefix %a, pgAudit) name the person.
+            forwarded["application_name"] = f"pgjit:{self.principal.user}:{self.id}"
         with trio.fail_after(t.upstream_connect):
             self.upstream = await connect_upstream(
                 host=target.host,
                 port=target.port,
                 database=target.database,
-                user=target.user,
-                password=target.password,
+                user=user,
+                password=password,
                 parameters=forwarded,
                 tls_mode=target.tls.mode,
                 tls_ctx=self.gateway.upstream_tls_context(target),
@@ -205,6 +216,43 @@ class Session:
         metrics.CONNECT_SECONDS.observe(time.monotonic() - connect_started)
         self.phase = Phase.RELAY
         await self._relay()
+
+    async def _create_jit_role(self, target, broker) -> tuple[str, str]:
+        """Create this session's role; returns (role name, password)."""
+        principal = self.principal
+        assert principal is not None
+        grant = target.policy.access_for(principal.groups)
+        if grant is None:
+            raise InvalidAuthorization(
+                f'no access to database "{target.name}" for {principal.user}',
+                detail=f"groups: {', '.join(sorted(principal.groups)) or '(none)'}",
+                hint=f"the access section of {target.policy_path} lists the groups that may connect",
+            )
+        now = time.time()
+        valid_until = now + grant.jit_lifetime
+        if principal.expires_at is not None:
+            valid_until = min(valid_until, principal.expires_at)
+        # The session ends when the token expires (plus grace) or at max_session.
+        ends = now + grant.max_session
+        reason = f"the maximum session length ({grant.max_session} s) was reached"
+        if principal.expires_at is not None and principal.expires_at + self.gateway.expiry_grace < ends:
+            ends = principal.expires_at + self.gateway.expiry_grace
+            reason = f"the token expired at {_utc(principal.expires_at)}"
+        self.ends_at, self.end_message = ends, reason
+        with trio.fail_after(self.config.timeouts.upstream_connect):
+            role = await broker.create_role(principal.user, self.id, grant.grant, valid_until, grant.settings)
+        self.jit_role, self.broker = role, broker
+        log.info("jit role created", extra={"role": role.name, "valid_until": _utc(valid_until), "grants": ",".join(grant.grant)})
+        return role.name, role.password
+
+    async def _expiry_watch(self) -> None:
+        """End the session when its token expires or max_session is reached."""
+        assert self.ends_at is not None
+        await trio.sleep(max(0.0, self.ends_at - time.time()))
+        log.info("session expired", extra={"reason": self.end_message})
+        self.end_reason = "expired"
+        self.terminate(FatalError(f"terminating connection: {self.end_message}", sqlstate="57P01",
+                                  hint="reconnect with a fresh token"))
 
     # --------------------------------------------------------------- startup
 
@@ -271,6 +319,8 @@ class Session:
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._client_to_server, leftover)
                 nursery.start_soon(self._server_to_client)
+                if self.ends_at is not None:
+                    nursery.start_soon(self._expiry_watch)
         except BaseExceptionGroup as group:
             # One direction failed (and cancelled the other): report that
             # failure itself, e.g. a ProtocolViolation becomes 08P01.
@@ -490,6 +540,11 @@ class Session:
                 pass
             await up.transport.aclose()
         await self.client.aclose()
+        if self.jit_role is not None and self.broker is not None:
+            # Drop the role whatever happened; the broker retries and leaves
+            # it NOLOGIN for the sweeper if it cannot.
+            with trio.move_on_after(30):
+                await self.broker.revoke_role(self.jit_role.name)
 
 
 # Every frontend message type there is after startup; anything else is a
@@ -499,6 +554,10 @@ _FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE)) | (
     frozenset(range(256)) - _FRONTEND_KNOWN
 )
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _carry(data: bytes | bytearray, end: int, pending: bytearray | None) -> bytearray | None:

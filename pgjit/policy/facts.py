@@ -32,19 +32,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final, Iterable
+from typing import Any, Final
 
 from pglast import parser as _pg
+
+_loads: Callable[[str], Any]
+try:  # orjson decodes libpg_query's JSON about twice as fast, if it is installed
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
 
 from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, categories_for
 
 __all__ = [
+    "KINDS",
     "Analysis",
     "CopyInfo",
     "Facts",
-    "KINDS",
     "ParseFailure",
     "analyze",
     "analyze_uncached",
@@ -59,6 +66,33 @@ CACHE_SIZE: Final = 4096
 MAX_BODY_DEPTH: Final = 8
 
 ROLE_SETTINGS: Final = frozenset({"role", "session_authorization"})
+
+# Client encodings whose multi-byte characters may contain the bytes of ``\`` or
+# ``'`` (PostgreSQL accepts them as client encodings only). Under them, or with
+# standard_conforming_strings off, the server would split a string into tokens
+# differently from pgjit's parser — so a change to either is a fact of its own.
+_UNSAFE_ENCODINGS: Final = frozenset(
+    ["sjis", "shiftjis", "shiftjis2004", "mskanji", "big5", "gbk", "uhc", "gb18030", "johab", "cp932", "cp936", "cp949", "cp950", "win932", "win936", "win949", "win950", "windows932", "windows936", "windows949", "windows950"]
+)
+_LEXER_SETTINGS: Final = frozenset({"standard_conforming_strings", "client_encoding", "backslash_quote"})
+
+
+def _changes_lexer(name: str, value: str | None, has_value: bool) -> bool:
+    """Would setting ``name`` to ``value`` make the server tokenize differently?
+
+    ``has_value`` is False for RESET / SET … TO DEFAULT (back to the startup value).
+    A value that is not a literal (``value`` None) is assumed unsafe.
+    """
+    if name not in _LEXER_SETTINGS or not has_value:
+        return False
+    if value is None:
+        return True
+    v = value.strip().lower()
+    if name == "standard_conforming_strings":
+        return v not in ("on", "true", "yes", "1", "t", "y")
+    if name == "client_encoding":
+        return v.replace("_", "").replace("-", "") in _UNSAFE_ENCODINGS
+    return False  # backslash_quote only matters when standard_conforming_strings is off
 UNKNOWN: Final = "?"
 
 
@@ -101,11 +135,14 @@ class Facts:
     write_without_where: bool = False
     role_change: bool = False
     dynamic_sql: bool = False
+    changes_lexer: bool = False  # standard_conforming_strings off / unsafe client_encoding
     explain_analyze: bool = False
     executes_prepared: frozenset[str] = frozenset()
     prepares: str | None = None
     deallocates: str | None = None  # a name, or "*" for DEALLOCATE ALL
     copies: tuple[CopyInfo, ...] = ()
+    copy_program: bool = False  # some COPY … PROGRAM
+    copy_file: bool = False  # some COPY to or from a server-side file
     bodies: tuple[str, ...] = ()  # languages of the bodies that were read
     unknown_body: bool = False
     unknown_reasons: tuple[str, ...] = ()
@@ -119,14 +156,6 @@ class Facts:
     @property
     def copy(self) -> CopyInfo | None:
         return self.copies[0] if self.copies else None
-
-    @property
-    def copy_program(self) -> bool:
-        return any(c.program for c in self.copies)
-
-    @property
-    def copy_file(self) -> bool:
-        return any(c.file for c in self.copies)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (sets become sorted lists)."""
@@ -142,8 +171,6 @@ class Facts:
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value
-        out["copy_program"] = self.copy_program
-        out["copy_file"] = self.copy_file
         return out
 
 
@@ -164,15 +191,9 @@ class Analysis:
 # --------------------------------------------------------------------------
 # statement kinds
 
-_OBJECT_TYPES: Final = (
-    "access_method aggregate amop amproc attribute cast column collation conversion "
-    "database default defacl domain domconstraint event_trigger extension fdw "
-    "foreign_server foreign_table function index language largeobject matview opclass "
-    "operator opfamily parameter_acl policy procedure publication "
-    "publication_namespace publication_rel role routine rule schema sequence "
-    "subscription statistic_ext tabconstraint table tablespace transform trigger "
-    "tsconfiguration tsdictionary tsparser tstemplate type user_mapping view"
-).split()
+_OBJECT_TYPES: Final = ["access_method", "aggregate", "amop", "amproc", "attribute", "cast", "column", "collation", "conversion", "database", "default", "defacl", "domain", "domconstraint", "event_trigger", "extension", "fdw", "foreign_server", "foreign_table", "function", "index", "language", "largeobject", "matview", "opclass", "operator", "opfamily", "parameter_acl", "policy", "procedure", "publication", "publication_namespace", "publication_rel", "role", "routine", "rule", "schema", "sequence", "subscription", "statistic_ext", "tabconstraint", "table", "tablespace", "transform", "trigger", "tsconfiguration", "tsdictionary", "tsparser", "tstemplate", "type", "user_mapping", "view"]
+_OBJECT_ALIASES: Final = {"statistic_ext": "statistics"}
+_OBJECT_NAMES: Final = tuple(_OBJECT_ALIASES.get(o, o) for o in _OBJECT_TYPES)
 
 # Statement node → kind, for nodes whose kind does not depend on their fields.
 _STATIC_KINDS: Final[dict[str, str]] = {
@@ -316,9 +337,9 @@ _DYNAMIC_KINDS: Final = frozenset(
         "unknown",
     }
     | set(_TRANSACTION_KINDS.values())
-    | {"drop_" + o for o in _OBJECT_TYPES}
-    | {"alter_" + o for o in _OBJECT_TYPES}
-    | {"create_" + o for o in _OBJECT_TYPES}
+    | {"drop_" + o for o in _OBJECT_NAMES}
+    | {"alter_" + o for o in _OBJECT_NAMES}
+    | {"create_" + o for o in _OBJECT_NAMES}
 )
 
 #: Every statement kind the classifier can report (policy kind globs are checked against it).
@@ -356,8 +377,9 @@ _RELATION_DROPS: Final = frozenset(
 
 def _obj(prefix: str, objtype: str | None) -> str:
     if not objtype:
-        return prefix + "unknown" if prefix != "drop_" else "drop_unknown"
-    return prefix + objtype.removeprefix("OBJECT_").lower()
+        return "unknown"
+    name = objtype.removeprefix("OBJECT_").lower()
+    return prefix + _OBJECT_ALIASES.get(name, name)
 
 
 def _kind_of(tname: str, body: dict[str, Any]) -> str:
@@ -429,7 +451,6 @@ _LEAVES: Final = frozenset(
         "Boolean",
         "BitString",
         "A_Const",
-        "ColumnRef",
         "ParamRef",
         "A_Star",
         "TypeName",
@@ -440,10 +461,8 @@ _LEAVES: Final = frozenset(
         "LockingClause",
         "SortGroupClause",
         "TriggerTransition",
-        "PartitionSpec",
         "ObjectWithArgs",
         "AccessPriv",
-        "FunctionParameter",
     }
 )
 
@@ -454,12 +473,12 @@ def _sval(node: Any) -> str | None:
         return None
     s = node.get("String")
     if s is not None:
-        return s.get("sval", "")
+        return str(s.get("sval", ""))
     c = node.get("A_Const")
     if c is not None:
         v = c.get("sval")
         if v is not None:
-            return v.get("sval", "")
+            return str(v.get("sval", ""))
         return None
     tc = node.get("TypeCast")
     if tc is not None:
@@ -472,7 +491,7 @@ def _names(items: Iterable[Any]) -> list[str]:
 
 
 def _rv_name(rv: dict[str, Any], created: bool = False) -> str:
-    rel = rv.get("relname", "")
+    rel = str(rv.get("relname", ""))
     schema = rv.get("schemaname")
     if schema:
         catalog = rv.get("catalogname")
@@ -489,25 +508,26 @@ class _Collector:
     """Mutable accumulator for one top-level statement (and everything nested in it)."""
 
     __slots__ = (
-        "kinds",
-        "reads",
-        "writes",
-        "functions",
-        "settings",
-        "dangerous",
-        "write_without_where",
-        "role_change",
-        "dynamic_sql",
-        "explain_analyze",
-        "executes_prepared",
-        "prepares",
-        "deallocates",
-        "copies",
         "bodies",
-        "unknown",
+        "changes_lexer",
+        "copies",
+        "dangerous",
+        "deallocates",
         "depth",
-        "stmt_text",
+        "dynamic_sql",
+        "executes_prepared",
+        "explain_analyze",
+        "functions",
+        "kinds",
+        "prepares",
+        "reads",
+        "role_change",
+        "settings",
         "stmt_depth",
+        "stmt_text",
+        "unknown",
+        "write_without_where",
+        "writes",
     )
 
     def __init__(self) -> None:
@@ -520,6 +540,7 @@ class _Collector:
         self.write_without_where = False
         self.role_change = False
         self.dynamic_sql = False
+        self.changes_lexer = False
         self.explain_analyze = False
         self.executes_prepared: set[str] = set()
         self.prepares: str | None = None
@@ -534,27 +555,30 @@ class _Collector:
     # ---- generic walk ------------------------------------------------------
 
     def walk(self, node: Any, ctes: frozenset[str], write: bool) -> None:
-        t = type(node)
-        if t is list:
+        # The hot loop of the classifier: keep it free of needless calls.
+        if type(node) is list:
             for item in node:
                 if type(item) is dict or type(item) is list:
                     self.walk(item, ctes, write)
             return
-        if t is not dict:
+        if type(node) is not dict:
             return
         if len(node) == 1:
-            for key, value in node.items():
-                pass
+            for key in node:
+                break
+            if key in _LEAVES:
+                return
+            handler = _NODE_HANDLERS.get(key)
+            if handler is not None:
+                handler(self, node[key], ctes, write)
+                return
             if key[0].isupper():
-                if key in _LEAVES:
+                if key.endswith("Stmt"):
+                    self.statement(key, node[key], ctes)
                     return
-                handler = _NODE_HANDLERS.get(key)
-                if handler is not None:
-                    handler(self, value, ctes, write)
-                elif key.endswith("Stmt"):
-                    self.statement(key, value, ctes)
-                else:
-                    self.fields(value, ctes, write)
+                for value in node[key].values():
+                    if type(value) is dict or type(value) is list:
+                        self.walk(value, ctes, write)
                 return
         # An untyped struct: a field whose type is a specific node type.
         if "relname" in node:
@@ -564,7 +588,9 @@ class _Collector:
         elif str(node.get("kind", "")).startswith("VAR_"):
             self.statement("VariableSetStmt", node, ctes)
         else:
-            self.fields(node, ctes, write)
+            for value in node.values():
+                if type(value) is dict or type(value) is list:
+                    self.walk(value, ctes, write)
 
     def fields(
         self, body: dict[str, Any], ctes: frozenset[str], write: bool, skip: tuple[str, ...] = ()
@@ -595,11 +621,12 @@ class _Collector:
                 self.dynamic_sql = True
                 self.reads.add(UNKNOWN)
         if bare == "set_config":
-            args = fc.get("args") or ()
+            args: list[Any] = fc.get("args") or []
             name = _sval(args[0]) if args else None
             if name is None:
                 self.settings.add(UNKNOWN)
                 self.role_change = True
+                self.changes_lexer = True
                 self.dangerous.add("server_control")
             else:
                 name = name.strip().lower()
@@ -607,7 +634,27 @@ class _Collector:
                 if name in ROLE_SETTINGS:
                     self.role_change = True
                     self.dangerous.add("server_control")
+                value = _sval(args[1]) if len(args) > 1 else None
+                if _changes_lexer(name, value, True):
+                    self.changes_lexer = True
         self.fields(fc, ctes, False, skip=("funcname",))
+
+    def attribute_call(self, name: str | None) -> None:
+        """A name that may be a function called in attribute notation (``(arg).f``).
+
+        Only names in the dangerous-function catalogue are recorded: anything
+        else is taken to be a column.
+        """
+        if not name:
+            return
+        bare = name.lower()
+        cats = categories_for(bare)
+        if cats:
+            self.functions.add(bare)
+            self.dangerous |= cats
+            if cats & DYNAMIC_CATEGORIES:
+                self.dynamic_sql = True
+                self.reads.add(UNKNOWN)
 
     # ---- statements ----------------------------------------------------------
 
@@ -645,7 +692,7 @@ class _Collector:
             self.unknown.append(f"{what}: bodies nested too deeply")
             return
         try:
-            parsed = json.loads(_pg.parse_sql_json(text))
+            parsed = _loads(_pg.parse_sql_json(text))
         except (_pg.ParseError, RecursionError, ValueError) as exc:
             self.unknown.append(f"{what}: cannot parse: {exc}")
             return
@@ -669,7 +716,7 @@ class _Collector:
             self.unknown.append(f"{what}: bodies nested too deeply")
             return
         try:
-            functions = json.loads(_pg.parse_plpgsql_json(text))
+            functions = _loads(_pg.parse_plpgsql_json(text))
         except (_pg.ParseError, RecursionError, ValueError) as exc:
             self.unknown.append(f"{what}: cannot read PL/pgSQL body: {exc}")
             return
@@ -759,8 +806,26 @@ def _h_sublink(c: _Collector, body: dict[str, Any], ctes: frozenset[str], write:
     c.fields(body, ctes, False)
 
 
+def _h_columnref(c: _Collector, body: dict[str, Any], ctes: frozenset[str], write: bool) -> None:
+    # ``x.f`` may be the attribute notation of the function call ``f(x)``.
+    fields = body.get("fields", ())
+    if len(fields) >= 2:
+        c.attribute_call(_sval(fields[-1]))
+
+
+def _h_indirection(c: _Collector, body: dict[str, Any], ctes: frozenset[str], write: bool) -> None:
+    # ``(expr).f`` may be the attribute notation of the function call ``f(expr)``.
+    for item in body.get("indirection", ()):
+        name = _sval(item)
+        if name is not None:
+            c.attribute_call(name)
+    c.fields(body, ctes, write)
+
+
 _NODE_HANDLERS: Final = {
     "RangeVar": _h_rangevar,
+    "ColumnRef": _h_columnref,
+    "A_Indirection": _h_indirection,
     "FuncCall": _h_funccall,
     "SubLink": _h_sublink,
 }
@@ -848,6 +913,11 @@ def _s_set(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str)
         c.settings.add(name)
         if name in ROLE_SETTINGS:
             c.role_change = True
+        if vkind == "VAR_SET_VALUE":
+            args: list[Any] = body.get("args") or []
+            value = _sval(args[0]) if len(args) == 1 else None
+            if _changes_lexer(name, value, True):
+                c.changes_lexer = True
     c.fields(body, ctes, False)
 
 
@@ -978,12 +1048,9 @@ _STMT_HANDLERS: Final = {
 # public entry points
 
 
-def _cursorpos(sql: str, byte_offset: int) -> int:
-    if byte_offset < 0:
-        return 0
-    if sql.isascii():
-        return byte_offset + 1
-    return len(sql.encode("utf-8")[:byte_offset].decode("utf-8", errors="ignore")) + 1
+def _cursorpos(location: int) -> int:
+    # pglast reports a 0-based *character* offset (the JSON's offsets are bytes).
+    return location + 1 if location >= 0 else 0
 
 
 def _char_offset(sql: str, byte_offset: int) -> int:
@@ -995,13 +1062,17 @@ def _char_offset(sql: str, byte_offset: int) -> int:
 def analyze_uncached(sql: str) -> Analysis:
     """Parse ``sql`` and return the facts of each statement (no cache).
 
-    Raises :class:`ParseFailure` if PostgreSQL's grammar rejects the string.
+    Raises :class:`ParseFailure` if PostgreSQL's grammar rejects the string, or
+    if it holds a NUL character (the C parser would stop there, unseen text after it).
     """
+    nul = sql.find("\x00")
+    if nul >= 0:
+        raise ParseFailure("statement contains a NUL character", nul + 1)
     try:
-        parsed = json.loads(_pg.parse_sql_json(sql))
+        parsed = _loads(_pg.parse_sql_json(sql))
     except _pg.ParseError as exc:
         location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else -1
-        raise ParseFailure(str(exc.args[0]) if exc.args else str(exc), _cursorpos(sql, location)) from None
+        raise ParseFailure(str(exc.args[0]) if exc.args else str(exc), _cursorpos(location)) from None
     except (RecursionError, ValueError) as exc:
         raise ParseFailure(f"statement too complex to check: {exc}") from None
     out: list[Facts] = []
@@ -1029,11 +1100,14 @@ def analyze_uncached(sql: str) -> Analysis:
                 write_without_where=c.write_without_where,
                 role_change=c.role_change,
                 dynamic_sql=c.dynamic_sql,
+                changes_lexer=c.changes_lexer,
                 explain_analyze=c.explain_analyze,
                 executes_prepared=frozenset(c.executes_prepared),
                 prepares=c.prepares,
                 deallocates=c.deallocates,
                 copies=tuple(c.copies),
+                copy_program=any(x.program for x in c.copies),
+                copy_file=any(x.file for x in c.copies),
                 bodies=tuple(c.bodies),
                 unknown_body=bool(c.unknown),
                 unknown_reasons=tuple(c.unknown),
@@ -1087,11 +1161,14 @@ def merge_facts(base: Facts, extra: Facts) -> Facts:
         write_without_where=base.write_without_where or extra.write_without_where,
         role_change=base.role_change or extra.role_change,
         dynamic_sql=base.dynamic_sql or extra.dynamic_sql,
+        changes_lexer=base.changes_lexer or extra.changes_lexer,
         explain_analyze=base.explain_analyze or extra.explain_analyze,
         executes_prepared=base.executes_prepared | extra.executes_prepared,
         prepares=base.prepares,
         deallocates=base.deallocates,
         copies=base.copies + extra.copies,
+        copy_program=base.copy_program or extra.copy_program,
+        copy_file=base.copy_file or extra.copy_file,
         bodies=base.bodies + extra.bodies,
         unknown_body=base.unknown_body or extra.unknown_body,
         unknown_reasons=base.unknown_reasons + extra.unknown_reasons,
