@@ -3,6 +3,7 @@ TLS, shutdown. Client-library coverage lives in tests/clients/."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import struct
@@ -303,7 +304,8 @@ def test_client_tls(make_gateway, tmp_path):
 def test_upstream_tls_verify_full(tmp_path, make_gateway):
     from pgjit.devtools.pgcluster import PgCluster, make_temp_base
 
-    cluster = PgCluster(make_temp_base("pgjit-ssl-") / "data", ssl=True)
+    base = make_temp_base("pgjit-ssl-")
+    cluster = PgCluster(base / "data", ssl=True)
     cluster.init()
     cluster.start()
     try:
@@ -341,6 +343,7 @@ def test_upstream_tls_verify_full(tmp_path, make_gateway):
     finally:
         cluster.stop()
         cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_md5_and_trust_upstream_auth(make_gateway, pg):
