@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     mods = []
-    for name in ("pgjit.policy.tool", "pgjit.identity.devissuer"):
+    for name in ("pgjit.policy.tool", "pgjit.identity.devissuer", "pgjit.devtools.dsncmd"):
         try:
             mods.append(__import__(name, fromlist=["build_parser"]))
         except ImportError:
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgjit.identity import devissuer
 
         return devissuer.run(args)
+    if getattr(args, "pgjit_dsn_command", None):
+        from pgjit.devtools import dsncmd
+
+        return dsncmd.run(args)
     if args.command == "policy":
         from pgjit.policy import tool
 

@@ -23,11 +23,13 @@ class PgjitError(Exception):
         hint: str | None = None,
         sqlstate: str | None = None,
         severity: str | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position  # 1-based character offset in the statement
         if sqlstate is not None:
             self.sqlstate = sqlstate
         if severity is not None:

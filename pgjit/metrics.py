@@ -20,3 +20,6 @@ CONNECT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 CANCEL_REQUESTS = Counter("pgjit_cancel_requests_total", "CancelRequests received", ["result"])  # forwarded | unknown
+STATEMENTS_DENIED = Counter(
+    "pgjit_statements_denied_total", "Statements the gate refused", ["action"]  # deny | require_approval
+)

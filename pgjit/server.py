@@ -24,6 +24,7 @@ from pgjit.config import Config, TargetConfig
 from pgjit.errors import AdminShutdown
 from pgjit.jit.admin import AdminConnection
 from pgjit.jit.broker import JitBroker
+from pgjit.policy.gate import Gate
 from pgjit.protocol import messages as m
 from pgjit.transport import SocketTransport
 from pgjit.upstream import make_upstream_tls_context, send_cancel
@@ -77,6 +78,9 @@ class Gateway:
                     scram_iterations=t.jit.scram_iterations,
                 )
         self.addresses: list[tuple[str, int]] = []
+        # One statement gate per target with a policy; shared by its sessions
+        # so that their caches warm each other.
+        self.gates = {t.name: Gate(t.policy) for t in config.targets.values() if t.policy is not None}
 
     # ----------------------------------------------------------- contexts
 

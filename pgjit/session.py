@@ -34,12 +34,16 @@ from pgjit.errors import (
     AdminShutdown,
     FatalError,
     FeatureNotSupported,
+    InsufficientPrivilege,
     InvalidAuthorization,
     PgjitError,
     ProtocolViolation,
+    SyntaxErrorSQL,
     TooManyConnections,
     UpstreamUnavailable,
 )
+from pgjit.jit.naming import quote_ident, quote_literal
+from pgjit.policy import ParseFailure
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
 from pgjit.transport import TLSTransport, Transport, TransportClosed, start_tls
@@ -53,7 +57,7 @@ log = logging.getLogger("pgjit.session")
 _U32 = struct.Struct("!I")
 
 # Frontend tags.
-F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
+F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE, F_PARSE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0], b"P"[0]
 # Backend tags.
 B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
 
@@ -62,6 +66,9 @@ _STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
 _STREAM_THRESHOLD = 64 * 1024
 # Upstream messages may be as large as PostgreSQL allows (1 GB field + header).
 _MAX_BACKEND_MESSAGE = (1 << 30) + (1 << 20)
+
+# Startup parameters that are not server settings (or are checked otherwise).
+_STARTUP_NOT_SETTINGS = frozenset(("user", "database", "replication", "options", "application_name"))
 
 # Startup parameters pgjit sets itself or refuses; never forwarded as given.
 _NOT_FORWARDED = frozenset(("user", "database", "replication"))
@@ -100,6 +107,9 @@ class Session:
         self._terminate_error: PgjitError | None = None
         self.end_reason = "ok"
         self.started = time.monotonic()
+        self.gate = None  # pgjit.policy.gate.Gate of the target, when it has a policy
+        self.groups: frozenset[str] = frozenset()
+        self.prepared: dict[str, object] = {}  # prepared-statement name -> Analysis/Facts
         self.jit_role = None  # pgjit.jit.JitRole of this session, once created
         self.broker = None
         self.ends_at: float | None = None  # wall-clock end (token expiry / max_session)
@@ -182,7 +192,11 @@ class Session:
             raise FatalError(f'database "{db}" does not exist', sqlstate="3D000",
                              hint="the databases this gateway serves are its configured targets")
         self.database = db
+        self.gate = self.gateway.gates.get(db)
+        self.groups = frozenset(self.principal.groups)
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
+        if self.gate is not None:
+            self._gate_startup_settings(params)
         self.phase = Phase.UPSTREAM
         connect_started = time.monotonic()
         forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
@@ -216,6 +230,23 @@ class Session:
         metrics.CONNECT_SECONDS.observe(time.monotonic() - connect_started)
         self.phase = Phase.RELAY
         await self._relay()
+
+    def _gate_startup_settings(self, params: dict[str, str]) -> None:
+        """Settings a client puts in its startup packet (as parameters or as
+        ``options=-c name=value``) are decided as ``SET name = value``
+        statements, so ``-c role=postgres`` cannot do what ``SET ROLE`` may not."""
+        settings = {k: v for k, v in params.items() if k not in _STARTUP_NOT_SETTINGS and not k.startswith("_pq_.")}
+        try:
+            settings.update(parse_options(params.get("options", "")))
+        except ValueError as e:
+            raise FatalError(f"invalid options in the startup packet: {e}", sqlstate="08P01") from None
+        for name, value in settings.items():
+            sql = f"SET {quote_ident(name.lower())} = {quote_literal(value)}"
+            error = self._gate_statement(sql.encode("utf-8", "surrogateescape"), None)
+            if error is not None:
+                raise FatalError(
+                    f'startup setting "{name}" refused: {error.message}', sqlstate=error.sqlstate, hint=error.hint
+                )
 
     async def _create_jit_role(self, target, broker) -> tuple[str, str]:
         """Create this session's role; returns (role name, password)."""
@@ -332,7 +363,7 @@ class Session:
         client = self.client
         up = self.upstream.transport  # type: ignore[union-attr]
         max_size = self.config.limits.max_message_size
-        watch = _FRONTEND_WATCH
+        watch = _FRONTEND_WATCH_GATED if self.gate is not None else _FRONTEND_WATCH
         # Bytes of an incomplete frame carried over to the next read. A
         # bytearray so that a large message arriving in pieces is
         # accumulated in amortised linear time.
@@ -357,13 +388,15 @@ class Session:
                     continue
                 stop = False
                 if frames:
+                    gate = self.gate
                     simple = True
                     for tag, _, _ in frames:
-                        if tag == F_QUERY or tag == F_SYNC:
-                            self.rfq_sent += 1
-                        else:
+                        if tag != F_SYNC and (tag != F_QUERY or gate is not None):
                             simple = False
-                    if not simple:
+                            break
+                    if simple:
+                        self.rfq_sent += len(frames)
+                    else:
                         data, stop = self._frontend_frames(data, frames, end)
                         end = len(data)
                 if end == len(data):
@@ -380,39 +413,111 @@ class Session:
         finally:
             self._relay_scope.cancel()  # type: ignore[union-attr]
 
-    def _frontend_frames(self, buf: bytearray, frames: list[tuple[int, int, int]], end: int) -> tuple[bytes, bool]:
-        """Forward ``buf[:end]`` with the watched frames handled; returns (bytes, stop)."""
+    def _frontend_frames(self, buf: bytes | bytearray, frames: list[tuple[int, int, int]], end: int) -> tuple[bytes, bool]:
+        """``buf[:end]`` with the watched frames handled, in order; returns
+        (bytes to send upstream, stop after sending)."""
         out: list[bytes] = []
         seg = 0
         for tag, start, stop in frames:
-            if tag == F_FUNCTION_CALL:
+            if tag == F_SYNC:
                 self.rfq_sent += 1
+                continue
             if tag not in _FRONTEND_KNOWN:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
             if tag == F_TERMINATE:
                 out.append(bytes(buf[seg:stop]))
                 return b"".join(out), True
-            if tag == F_FUNCTION_CALL:
-                out.append(bytes(buf[seg:start]))
-                out.append(
-                    self._refuse(
-                        FeatureNotSupported(
-                            "the FunctionCall protocol message is not allowed through pgjit",
-                            hint="call the function with a SQL statement, so that it can be checked",
-                        )
+            replacement: bytes | None = None
+            if tag == F_QUERY:
+                self.rfq_sent += 1
+                if self.gate is not None:
+                    error = self._gate_statement(bytes(buf[start + 5 : stop - 1]), None)
+                    if error is not None:
+                        replacement = self._refuse(error)
+            elif tag == F_PARSE:
+                parse = m.Parse.decode(bytes(buf[start + 5 : stop]))
+                error = self._gate_statement(parse.query.encode("utf-8", "surrogateescape"), parse.name)
+                if error is not None:
+                    replacement = self._refuse(error, sync=False)
+            elif tag == F_FUNCTION_CALL:
+                self.rfq_sent += 1
+                replacement = self._refuse(
+                    FeatureNotSupported(
+                        "the FunctionCall protocol message is not allowed through pgjit",
+                        hint="call the function with a SQL statement, so that it can be checked",
                     )
                 )
+            if replacement is not None:
+                out.append(bytes(buf[seg:start]))
+                out.append(replacement)
                 seg = stop
         out.append(bytes(buf[seg:end]))
         return b"".join(out), False
 
-    def _refuse(self, error: PgjitError) -> bytes:
-        """Bytes that stand in, upstream, for a refused client message that
-        would itself have been answered with a ReadyForQuery (Query,
-        FunctionCall): a Bind that fails with a marker, then Sync."""
+    def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
+        """Check one Query or Parse against the policy: None when allowed,
+        else the error the client must see (the statement is not forwarded)."""
+        gate = self.gate
+        assert gate is not None
+        try:
+            sql = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return FeatureNotSupported(
+                "pgjit could not read the statement: it is not valid UTF-8",
+                hint="use client_encoding UTF8",
+            )
+        try:
+            analysis, decision = gate.check(sql, self.groups, self.prepared)
+        except ParseFailure as e:
+            return SyntaxErrorSQL(
+                f"pgjit could not parse the statement: {e.message}",
+                position=e.cursorpos if e.cursorpos and e.cursorpos > 0 else None,
+                hint="pgjit refuses statements it cannot parse",
+            )
+        if decision.shadow:
+            log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
+        if decision.allowed:
+            self._track_prepared(analysis, parse_name)
+            return None
+        rule = decision.rule or "default"
+        metrics.STATEMENTS_DENIED.labels(decision.action).inc()
+        log.info("statement refused", extra={"rule": rule, "action": decision.action})
+        if decision.needs_approval:
+            return InsufficientPrivilege(
+                f'statement needs approval under policy rule "{rule}"',
+                detail=decision.message,
+                hint="approvals are not available in this version of pgjit; ask a DBA to run it",
+            )
+        return InsufficientPrivilege(
+            f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),
+            hint=decision.hint or "ask a DBA if you need this",
+        )
+
+    def _track_prepared(self, analysis, parse_name: str | None) -> None:
+        """Keep the map from prepared-statement names to what they run, so that
+        EXECUTE is decided as the statement it runs (SQL PREPARE and named
+        protocol-level statements share one namespace in PostgreSQL)."""
+        if parse_name:
+            self.prepared[parse_name] = analysis
+        for f in analysis.statements:
+            if f.prepares:
+                self.prepared[f.prepares] = f
+            if f.deallocates == "*" or f.kind == "discard":
+                self.prepared.clear()
+            elif f.deallocates:
+                self.prepared.pop(f.deallocates, None)
+
+    def _refuse(self, error: PgjitError, *, sync: bool = True) -> bytes:
+        """Bytes that stand in, upstream, for a refused client message: a Bind
+        to a statement that does not exist, named by a marker, so that the
+        server fails exactly there (aborting the transaction or skipping to
+        Sync as for any error) and the reply is swapped for ``error``. With
+        ``sync`` (Query, FunctionCall: they are answered by a ReadyForQuery of
+        their own) a Sync follows; a refused Parse waits for the client's."""
         marker = "pgjit_refused_" + secrets.token_hex(8)
-        self._rewrites[marker] = (error, self.rfq_sent)
-        return m.Bind("", marker).encode() + m.Sync().encode()
+        due = self.rfq_sent if sync else self.rfq_sent + 1
+        self._rewrites[marker] = (error, due)
+        return m.Bind("", marker).encode() + (m.Sync().encode() if sync else b"")
 
     async def _server_to_client(self) -> None:
         up = self.upstream.transport  # type: ignore[union-attr]
@@ -553,7 +658,48 @@ _FRONTEND_KNOWN = frozenset(t[0] for t in m.FRONTEND)
 _FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE)) | (
     frozenset(range(256)) - _FRONTEND_KNOWN
 )
+_FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """The ``-c name=value`` / ``--name=value`` settings in a startup packet's
+    ``options`` (backslash escapes a space, as in libpq's PGOPTIONS)."""
+    words: list[str] = []
+    cur: list[str] = []
+    it = iter(options)
+    for ch in it:
+        if ch == "\\":
+            cur.append(next(it, ""))
+        elif ch.isspace():
+            if cur:
+                words.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        words.append("".join(cur))
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c":
+            if i + 1 >= len(words):
+                raise ValueError("-c without a setting")
+            w = words[i + 1]
+            i += 1
+        elif w.startswith("-c"):
+            w = w[2:]
+        elif w.startswith("--"):
+            w = w[2:]
+        else:
+            raise ValueError(f"unsupported option {w!r}; only -c name=value settings are allowed")
+        name, eq, value = w.partition("=")
+        if not eq or not name:
+            raise ValueError(f"expected name=value, got {w!r}")
+        out[name.replace("-", "_")] = value
+        i += 1
+    return out
 
 
 def _utc(epoch: float) -> str:

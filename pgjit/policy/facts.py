@@ -34,6 +34,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+import threading
 from functools import lru_cache
 from typing import Any, Final
 
@@ -148,6 +149,11 @@ class Facts:
     unknown_reasons: tuple[str, ...] = ()
     text: str = ""
     location: int = 0  # character offset of the statement in the analysed string
+    # True when a fact was derived from the value of a constant (set_config's
+    # name, a SET value, a function body, a COPY file ...). pglast's
+    # fingerprint ignores constants, so only literal-insensitive facts may be
+    # shared between statements with the same fingerprint.
+    literal_sensitive: bool = False
 
     @property
     def relations(self) -> frozenset[str]:
@@ -467,6 +473,13 @@ _LEAVES: Final = frozenset(
 )
 
 
+class _ConstReads(threading.local):
+    count = 0
+
+
+_const_reads = _ConstReads()
+
+
 def _sval(node: Any) -> str | None:
     """The string of a ``String`` node or of a string ``A_Const``, else None."""
     if type(node) is not dict:
@@ -476,6 +489,7 @@ def _sval(node: Any) -> str | None:
         return str(s.get("sval", ""))
     c = node.get("A_Const")
     if c is not None:
+        _const_reads.count += 1  # a fact now depends on a constant's value
         v = c.get("sval")
         if v is not None:
             return str(v.get("sval", ""))
@@ -1083,6 +1097,7 @@ def analyze_uncached(sql: str) -> Analysis:
         (tname, body), = stmt.items()
         c = _Collector()
         c.stmt_text = text = _slice(sql, raw)
+        const_reads = _const_reads.count
         try:
             c.walk(stmt, _EMPTY, False)
         except RecursionError:
@@ -1113,6 +1128,7 @@ def analyze_uncached(sql: str) -> Analysis:
                 unknown_reasons=tuple(c.unknown),
                 text=text,
                 location=_char_offset(sql, raw.get("stmt_location", 0)),
+                literal_sensitive=_const_reads.count != const_reads,
             )
         )
     return Analysis(sql=sql, statements=tuple(out))
@@ -1174,4 +1190,5 @@ def merge_facts(base: Facts, extra: Facts) -> Facts:
         unknown_reasons=base.unknown_reasons + extra.unknown_reasons,
         text=base.text,
         location=base.location,
+        literal_sensitive=base.literal_sensitive or extra.literal_sensitive,
     )

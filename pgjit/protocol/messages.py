@@ -827,12 +827,15 @@ class _Fields(Message):
         message: str,
         detail: str | None = None,
         hint: str | None = None,
+        position: int | None = None,
     ):
         fields = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
         if detail:
             fields.append(("D", detail))
         if hint:
             fields.append(("H", hint))
+        if position:
+            fields.append(("P", str(position)))
         return cls(tuple(fields))
 
 
@@ -843,7 +846,7 @@ class ErrorResponse(_Fields):
     @classmethod
     def from_error(cls, err) -> "ErrorResponse":
         """The one place a :class:`pgjit.errors.PgjitError` becomes wire bytes."""
-        return cls.build(err.severity, err.sqlstate, err.message, err.detail, err.hint)
+        return cls.build(err.severity, err.sqlstate, err.message, err.detail, err.hint, getattr(err, "position", None))
 
 
 @dataclass(frozen=True, slots=True)
