@@ -397,8 +397,9 @@ class Session:
                     if simple:
                         self.rfq_sent += len(frames)
                     else:
-                        data, stop = self._frontend_frames(data, frames, end)
-                        end = len(data)
+                        rebuilt, stop = self._frontend_frames(data, frames, end)
+                        if rebuilt is not None:
+                            data, end = rebuilt, len(rebuilt)
                 if end == len(data):
                     await up.send_all(data)
                 else:
@@ -413,9 +414,10 @@ class Session:
         finally:
             self._relay_scope.cancel()  # type: ignore[union-attr]
 
-    def _frontend_frames(self, buf: bytes | bytearray, frames: list[tuple[int, int, int]], end: int) -> tuple[bytes, bool]:
+    def _frontend_frames(self, buf: bytes | bytearray, frames: list[tuple[int, int, int]], end: int) -> tuple[bytes | None, bool]:
         """``buf[:end]`` with the watched frames handled, in order; returns
-        (bytes to send upstream, stop after sending)."""
+        (bytes to send upstream or None when ``buf[:end]`` goes unchanged,
+        stop after sending)."""
         out: list[bytes] = []
         seg = 0
         for tag, start, stop in frames:
@@ -451,6 +453,8 @@ class Session:
                 out.append(bytes(buf[seg:start]))
                 out.append(replacement)
                 seg = stop
+        if seg == 0:
+            return None, False  # nothing replaced: forward the bytes as they came
         out.append(bytes(buf[seg:end]))
         return b"".join(out), False
 

@@ -120,18 +120,124 @@ ignore_startup_parameters = extra_float_digits
     return proc, port, pid
 
 
-def start_pgjit(workdir: Path, pg: PgCluster) -> tuple[subprocess.Popen, int]:
+def start_pgjit(workdir: Path, pg: PgCluster, name: str = "pgjit", *, target: dict | None = None,
+                oidc: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cfg = {
+    cfg: dict = {
         "listen": {"host": "127.0.0.1", "port": port, "max_clients": 500},
         "log": {"level": "warning"},
-        "targets": {"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app", "password": "apppass"}},
+        "targets": {"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                              "password": "apppass", **(target or {})}},
     }
-    path = workdir / "pgjit.yaml"
+    if oidc:
+        cfg["oidc"] = oidc
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "pgjit", "serve", "--config", str(path)], stderr=open(workdir / "pgjit.log", "wb"))
-    _wait_port(port, proc, "pgjit")
+    proc = subprocess.Popen([sys.executable, "-m", "pgjit", "serve", "--config", str(path)],
+                            stderr=open(workdir / f"{name}.log", "wb"))
+    _wait_port(port, proc, name)
     return proc, port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def connect_latency(dsn_for, n: int) -> list[float]:
+    """Milliseconds from connect() to the first query's result, n times."""
+    import psycopg
+
+    out = []
+    for _ in range(n):
+        dsn = dsn_for()
+        t0 = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            conn.execute("select 1").fetchone()
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def jit_section(workdir: Path, pg: PgCluster, direct: Target, static_port: int, n: int) -> None:
+    """JIT connect latency: token verification + CREATE ROLE + SCRAM login as
+    the new role, against a direct login and pgjit with a static credential."""
+    from pgjit.identity.devissuer import init_issuer, mint_token
+    from pgjit.jit import setupsql
+
+    for tag, db in (("cluster", "postgres"), ("appdb", "appdb")) + ((("pg16", "postgres"),) if pg.version >= 16 else ()):
+        for stmt in setupsql.statements(tag):
+            try:
+                pg.execute(stmt, dbname=db)
+            except Exception:  # role already exists (pgjit_admin comes from the bootstrap)
+                pass
+    pg.execute("ALTER ROLE pgjit_admin PASSWORD 'adminpass'")
+    issuer_dir = workdir / "issuer"
+    init_issuer(issuer_dir, issuer="http://127.0.0.1/dev-issuer")
+    proc, port = start_pgjit(
+        workdir, pg, "pgjit-oidc",
+        target={"user": "pgjit_admin", "password": "adminpass", "policy": str(REPO / "policies" / "default.yaml"),
+                "jit": {"owner_role": "pgjit_owner"}},
+        oidc={"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
+              "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True},
+    )
+    try:
+        key = issuer_dir / "signing-key.pem"
+
+        def token_dsn() -> str:
+            tok = mint_token(key, "alice@example.com", ["analysts"], 600)
+            return f"host=127.0.0.1 port={port} dbname=appdb user=alice@example.com password={tok} sslmode=disable"
+
+        connect_latency(token_dsn, 3)  # warm up (JWKS, admin connection)
+        rows = {
+            "direct": connect_latency(lambda: f"host=127.0.0.1 port={direct.port} dbname=appdb user=app password=apppass sslmode=disable", n),
+            "pgjit static": connect_latency(lambda: f"host=127.0.0.1 port={static_port} dbname=appdb user=alice password=x sslmode=disable", n),
+            "pgjit JIT": connect_latency(token_dsn, n),
+        }
+        print(f"\nconnect latency, connect + first query ({n} sequential connections each)")
+        print(f"  {'target':<13} {'p50 ms':>8} {'p95 ms':>8}")
+        for name, vals in rows.items():
+            print(f"  {name:<13} {percentile(vals, 50):>8.1f} {percentile(vals, 95):>8.1f}")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def gate_section() -> None:
+    """In-process cost of the statement gate per statement."""
+    import timeit
+
+    from pgjit.policy import Policy
+    from pgjit.policy.gate import Gate
+
+    policy = Policy.load(REPO / "policies" / "default.yaml")
+    groups = frozenset({"analysts"})
+    cases = {
+        "pgbench -S": "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+        "psql \\dt": (
+            "SELECT n.nspname as \"Schema\", c.relname as \"Name\" FROM pg_catalog.pg_class c "
+            "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','') "
+            "AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' AND pg_catalog.pg_table_is_visible(c.oid) "
+            "AND c.oid > {} ORDER BY 1,2;"
+        ),
+    }
+    print("\nstatement gate cost per statement (in process, default policy, microseconds)")
+    print(f"  {'statement':<12} {'text hit':>9} {'fingerprint hit':>16} {'miss':>8}")
+    for name, template in cases.items():
+        n = 3000
+        gate = Gate(policy, cache_size=n * 4)
+        same = template.format(1)
+        gate.check(same, groups)
+        hit = timeit.timeit(lambda: gate.check(same, groups), number=n) / n * 1e6
+        texts = iter([template.format(i) for i in range(2, n + 2)])
+        fp_hit = timeit.timeit(lambda: gate.check(next(texts), groups), number=n) / n * 1e6
+        cold = iter([template.format(i) for i in range(n + 2, 2 * n + 2)])
+
+        def miss() -> None:
+            g = Gate(policy)
+            g.check(next(cold), groups)
+
+        miss_us = timeit.timeit(miss, number=n) / n * 1e6
+        print(f"  {name:<12} {hit:>9.1f} {fp_hit:>16.1f} {miss_us:>8.1f}")
 
 
 def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 20) -> None:
@@ -150,7 +256,7 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 20
 def fmt_row(name: str, r: Result, direct_tps: float) -> str:
     tps = statistics.median(r.tps)
     cpu = f"{statistics.median(r.cpu_us):7.1f}" if r.cpu_us else "      -"
-    return f"  {name:<10} {tps:>11,.0f} {tps / direct_tps:>7.2f}x {cpu}"
+    return f"  {name:<11} {tps:>11,.0f} {tps / direct_tps:>7.2f}x {cpu}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale; 10 gives the 1M-row table")
     ap.add_argument("--only", help="comma-separated workload names to run")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--connects", type=int, default=100, help="connections per target for the connect-latency section")
     args = ap.parse_args(argv)
 
     workdir = Path(args.workdir) if args.workdir else make_temp_base("pgjit-bench-")
@@ -182,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(bproc)
         jproc, jport = start_pgjit(workdir, pg)
         procs.append(jproc)
-        targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid)]
+        gproc, gport = start_pgjit(workdir, pg, "pgjit-gated", target={"policy": str(REPO / "policies" / "default.yaml")})
+        procs.append(gproc)
+        targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid),
+                   Target("pgjit+gate", gport, "alice", "x", gproc.pid)]
 
         big = workdir / "big.sql"
         big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")
@@ -202,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.clients} clients, {args.duration:.0f} s per run, {args.rounds} interleaved rounds (medians shown)")
         rows_1m = args.scale * 100_000
         for name, (wargs, duration) in workloads.items():
-            results = {t.name: Result() for t in targets}
+            # The default policy is read-only: TPC-B's writes are refused by design.
+            wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name == "pgjit+gate")]
+            results = {t.name: Result() for t in wtargets}
             for _ in range(args.rounds):
-                for t in targets:
+                for t in wtargets:
                     tps, cpu = measure(pgbench, t, wargs, duration)
                     results[t.name].tps.append(tps)
                     if cpu is not None:
@@ -213,12 +325,16 @@ def main(argv: list[str] | None = None) -> int:
             unit = "TPS" if name != "1M-row-result" else "results/s"
             print(f"\n{name}")
             print(f"  {'target':<10} {unit:>11} {'ratio':>8} {'proxy CPU us/txn':>17}")
-            for t in targets:
+            for t in wtargets:
                 print(fmt_row(t.name, results[t.name], direct_tps))
             if name == "1M-row-result":
-                for t in targets:
+                for t in wtargets:
                     rps = statistics.median(results[t.name].tps) * rows_1m
                     print(f"  {t.name:<10} {rps:>14,.0f} rows/s")
+        if not args.only or "connect" in args.only.split(","):
+            jit_section(workdir, pg, direct, jport, args.connects)
+        if not args.only or "gate" in args.only.split(","):
+            gate_section()
         return 0
     finally:
         for p in procs:
