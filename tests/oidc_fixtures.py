@@ -4,7 +4,6 @@ in front of the test PostgreSQL prepared with pgjit/jit/SETUP.md."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,18 +14,10 @@ import psycopg
 import pytest
 
 from pgjit.identity.devissuer import init_issuer, mint_token, rotate_issuer
+from pgjit.jit.setupsql import SETUP_MD, statements as setup_statements  # noqa: F401 (SETUP_MD re-exported)
 from tests.gateway_fixtures import GatewayProc, start_gateway
 
-SETUP_MD = Path(__file__).resolve().parent.parent / "pgjit" / "jit" / "SETUP.md"
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
-
-
-def setup_statements(tag: str) -> list[str]:
-    text = SETUP_MD.read_text()
-    mo = re.search(r"<!-- setup:%s -->\s*```sql\n(.*?)```" % re.escape(tag), text, re.S)
-    assert mo, f"no setup:{tag} block in SETUP.md"
-    sql = "\n".join(line for line in mo.group(1).splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in sql.split(";") if s.strip()]
 
 
 def apply_setup_sql(pg) -> None:
