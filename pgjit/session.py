@@ -58,6 +58,7 @@ _U32 = struct.Struct("!I")
 
 # Frontend tags.
 F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE, F_PARSE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0], b"P"[0]
+F_EXECUTE, F_COPY_DONE, F_COPY_FAIL = b"E"[0], b"c"[0], b"f"[0]
 # Backend tags.
 B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
 
@@ -99,6 +100,7 @@ class Session:
         self.txn_status = b"I"
         self.rfq_sent = 0  # RFQ-producing client messages forwarded
         self.rfq_received = 0  # ReadyForQuery frames relayed back
+        self._syncs_since_execute = 0
         # marker -> (error to show, index of the ReadyForQuery that ends its pipeline)
         self._rewrites: dict[str, tuple[PgjitError, int]] = {}
         self._client_mid_message = False
@@ -388,14 +390,14 @@ class Session:
                     continue
                 stop = False
                 if frames:
-                    gate = self.gate
-                    simple = True
+                    simple = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
                     for tag, _, _ in frames:
-                        if tag != F_SYNC and (tag != F_QUERY or gate is not None):
-                            simple = False
+                        if tag not in simple:
+                            simple = None
                             break
-                    if simple:
-                        self.rfq_sent += len(frames)
+                    if simple is not None:
+                        for tag, _, _ in frames:
+                            self._count(tag)
                     else:
                         rebuilt, stop = self._frontend_frames(data, frames, end)
                         if rebuilt is not None:
@@ -421,9 +423,10 @@ class Session:
         out: list[bytes] = []
         seg = 0
         for tag, start, stop in frames:
-            if tag == F_SYNC:
-                self.rfq_sent += 1
-                continue
+            if tag in _COUNT_ONLY:
+                self._count(tag)
+                if tag != F_QUERY or self.gate is None:
+                    continue
             if tag not in _FRONTEND_KNOWN:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
             if tag == F_TERMINATE:
@@ -431,7 +434,6 @@ class Session:
                 return b"".join(out), True
             replacement: bytes | None = None
             if tag == F_QUERY:
-                self.rfq_sent += 1
                 if self.gate is not None:
                     error = self._gate_statement(bytes(buf[start + 5 : stop - 1]), None)
                     if error is not None:
@@ -457,6 +459,27 @@ class Session:
             return None, False  # nothing replaced: forward the bytes as they came
         out.append(bytes(buf[seg:end]))
         return b"".join(out), False
+
+    def _count(self, tag: int) -> None:
+        """Keep count of the ReadyForQuery replies the server owes us.
+
+        Each Query and Sync is answered by one ReadyForQuery, except that the
+        server ignores Sync while it is in COPY FROM STDIN: a client running
+        COPY through the extended protocol sends Execute, Sync, then CopyData
+        ... CopyDone, Sync, and gets one ReadyForQuery for the two Syncs. So
+        the Syncs between an Execute and a CopyDone/CopyFail are uncounted
+        when the CopyDone/CopyFail shows that they fell into a copy."""
+        if tag == F_SYNC:
+            self.rfq_sent += 1
+            self._syncs_since_execute += 1
+        elif tag == F_QUERY:
+            self.rfq_sent += 1
+            self._syncs_since_execute = 0
+        elif tag == F_EXECUTE:
+            self._syncs_since_execute = 0
+        else:  # CopyDone, CopyFail
+            self.rfq_sent -= self._syncs_since_execute
+            self._syncs_since_execute = 0
 
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse against the policy: None when allowed,
@@ -659,7 +682,10 @@ class Session:
 # Every frontend message type there is after startup; anything else is a
 # protocol violation the gateway answers itself (08P01), not the server.
 _FRONTEND_KNOWN = frozenset(t[0] for t in m.FRONTEND)
-_FRONTEND_WATCH = frozenset((F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE)) | (
+# Frames that only move the ReadyForQuery count (Query too, when no gate reads it).
+_COUNT_ONLY = frozenset((F_QUERY, F_SYNC, F_EXECUTE, F_COPY_DONE, F_COPY_FAIL))
+_COUNT_ONLY_GATED = _COUNT_ONLY - {F_QUERY}
+_FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
     frozenset(range(256)) - _FRONTEND_KNOWN
 )
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
