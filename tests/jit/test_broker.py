@@ -8,12 +8,12 @@ document is tested too) and applied idempotently as the superuser.
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import time
-from pathlib import Path
 
 import psycopg
+
+from pgjit.jit import setupsql
 import pytest
 import trio
 
@@ -23,7 +23,6 @@ from pgjit.jit.naming import is_jit_role_name
 
 pytestmark = pytest.mark.pg
 
-SETUP_MD = Path(__file__).resolve().parents[2] / "pgjit" / "jit" / "SETUP.md"
 ADMIN = "pgjit_admin"
 ADMIN_PASSWORD = "adminpass"
 DB = "appdb"
@@ -31,11 +30,7 @@ DB = "appdb"
 
 def setup_blocks(tag: str) -> list[str]:
     """The SQL statements of the ```sql block after ``<!-- setup:<tag> -->``."""
-    text = SETUP_MD.read_text()
-    mo = re.search(r"<!-- setup:%s -->\s*```sql\n(.*?)```" % re.escape(tag), text, re.S)
-    assert mo, f"no setup:{tag} block in SETUP.md"
-    sql = "\n".join(line for line in mo.group(1).splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in sql.split(";") if s.strip()]
+    return setupsql.statements(tag)
 
 
 def run_idempotent(pg, statements: list[str], dbname: str) -> None:
