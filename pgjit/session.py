@@ -46,7 +46,7 @@ from pgjit.jit.naming import quote_ident, quote_literal
 from pgjit.policy import ParseFailure
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
-from pgjit.transport import TLSTransport, Transport, TransportClosed, start_tls
+from pgjit.transport import Transport, TransportClosed, start_tls
 from pgjit.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -398,6 +398,15 @@ class Session:
                     if simple is not None:
                         for tag, _, _ in frames:
                             self._count(tag)
+                    elif len(frames) == 1 and frames[0][0] == F_QUERY:
+                        # The common gated case, one simple Query: no rebuild
+                        # unless it is refused.
+                        _, qs, qe = frames[0]
+                        self._count(F_QUERY)
+                        error = self._gate_statement(bytes(data[qs + 5 : qe - 1]), None)
+                        if error is not None:
+                            data = bytes(data[:qs]) + self._refuse(error) + bytes(data[qe:end])
+                            end = len(data)
                     else:
                         rebuilt, stop = self._frontend_frames(data, frames, end)
                         if rebuilt is not None:
@@ -439,8 +448,8 @@ class Session:
                     if error is not None:
                         replacement = self._refuse(error)
             elif tag == F_PARSE:
-                parse = m.Parse.decode(bytes(buf[start + 5 : stop]))
-                error = self._gate_statement(parse.query.encode("utf-8", "surrogateescape"), parse.name)
+                name, query = _parse_name_and_query(buf, start + 5, stop)
+                error = self._gate_statement(query, name)
                 if error is not None:
                     replacement = self._refuse(error, sync=False)
             elif tag == F_FUNCTION_CALL:
@@ -482,30 +491,32 @@ class Session:
             self._syncs_since_execute = 0
 
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
-        """Check one Query or Parse against the policy: None when allowed,
-        else the error the client must see (the statement is not forwarded)."""
+        """Check one Query or Parse (its SQL as UTF-8 bytes) against the
+        policy: None when allowed, else the error the client must see (the
+        statement is not forwarded)."""
         gate = self.gate
         assert gate is not None
         try:
-            sql = raw.decode("utf-8")
+            analysis, decision = gate.verdict(raw, self.groups, self.prepared)
         except UnicodeDecodeError:
             return FeatureNotSupported(
                 "pgjit could not read the statement: it is not valid UTF-8",
                 hint="use client_encoding UTF8",
             )
-        try:
-            analysis, decision = gate.check(sql, self.groups, self.prepared)
         except ParseFailure as e:
             return SyntaxErrorSQL(
                 f"pgjit could not parse the statement: {e.message}",
                 position=e.cursorpos if e.cursorpos and e.cursorpos > 0 else None,
                 hint="pgjit refuses statements it cannot parse",
             )
+        if decision.allowed:
+            if decision.shadow:
+                log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
+            if parse_name or any(f.kind in _PREPARED_KINDS for f in analysis.statements):
+                self._track_prepared(analysis, parse_name)
+            return None
         if decision.shadow:
             log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
-        if decision.allowed:
-            self._track_prepared(analysis, parse_name)
-            return None
         rule = decision.rule or "default"
         metrics.STATEMENTS_DENIED.labels(decision.action).inc()
         log.info("statement refused", extra={"rule": rule, "action": decision.action})
@@ -688,6 +699,8 @@ _COUNT_ONLY_GATED = _COUNT_ONLY - {F_QUERY}
 _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
     frozenset(range(256)) - _FRONTEND_KNOWN
 )
+# Statement kinds that change the session's prepared statements.
+_PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
 
@@ -734,6 +747,15 @@ def parse_options(options: str) -> dict[str, str]:
 
 def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _parse_name_and_query(buf: bytes | bytearray, pos: int, stop: int) -> tuple[str, bytes]:
+    """A Parse message's statement name and query bytes, without decoding the rest."""
+    name_end = buf.find(b"\x00", pos, stop)
+    query_end = buf.find(b"\x00", name_end + 1, stop) if name_end >= 0 else -1
+    if query_end < 0:
+        raise ProtocolViolation("malformed Parse message")
+    return bytes(buf[pos:name_end]).decode("utf-8", "surrogateescape"), bytes(buf[name_end + 1 : query_end])
 
 
 def _carry(data: bytes | bytearray, end: int, pending: bytearray | None) -> bytearray | None:

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from pgjit.protocol import messages as m
+from tests.clients._helpers import wait_for
 from tests.rawclient import RawClient, errors
 
 pytestmark = pytest.mark.pg
@@ -23,15 +24,6 @@ pytestmark = pytest.mark.pg
 def backends(pg, app_name: str) -> int:
     out = pg.psql(f"select count(*) from pg_stat_activity where application_name = '{app_name}'", dbname="appdb")
     return int(out.strip())
-
-
-def wait_for(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # --------------------------------------------------------------- protocol

@@ -10,7 +10,6 @@ import socket
 import struct
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,18 +17,10 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.gateway_fixtures import start_gateway
 from tests.oidc_fixtures import DEFAULT_POLICY, apply_setup_sql, issuer, jit_roles, oidc_env, oidc_sections  # noqa: F401
+from tests.clients._helpers import wait_for
 from tests.rawclient import RawClient, errors
 
 pytestmark = pytest.mark.pg
-
-
-def wait_for(pred, timeout: float = 8.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 class Refusal:

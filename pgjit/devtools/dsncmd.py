@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TextIO
 from urllib.parse import quote
 
-from pgjit.identity.devissuer import mint_token, parse_duration
+from pgjit.identity.devissuer import _duration_arg, _groups_arg, mint_token
 
 __all__ = ["FORMATS", "SSLMODES", "build_parser", "render", "run", "token_claims"]
 
@@ -151,17 +151,6 @@ def render(fmt: str, *, host: str, port: int, dbname: str, user: str, token: str
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _duration_arg(text: str) -> int:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _groups_arg(text: str) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()]
 
 
 def _port_arg(text: str) -> int:

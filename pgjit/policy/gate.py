@@ -1,25 +1,32 @@
 """The statement gate's per-statement entry point, with its caches.
 
-``Gate.check(sql, groups, prepared)`` returns the :class:`Decision` for a SQL
-string. The per-miss path must be the fast one, because clients that inline
-literals (pgbench's simple mode, most ORMs' generated SQL) almost never repeat
-a text exactly:
+``Gate.verdict(raw, groups, prepared)`` returns the facts and the
+:class:`Decision` for a statement's bytes as they came off the wire. It runs
+for every Query and Parse, so it is built around three caches, cheapest first:
 
-1. an LRU keyed on the exact text (a dict lookup);
-2. on a miss, pglast's fingerprint (about 3 µs, computed by PostgreSQL's own
-   parser in C) keys a second LRU of facts. The fingerprint ignores the values
-   of constants, so only *literal-insensitive* analyses are stored there:
-   plain queries and DML whose facts were derived from no constant's value
-   (no SET, set_config, COPY, PREPARE/EXECUTE, function or DO bodies);
-3. otherwise the full analysis (about 20 µs for a small statement).
+1. the exact bytes (and the caller's groups): one dict lookup, no decoding;
+2. the *shape key* (:func:`shape_key`: literals replaced by ``?``, only for
+   text in an alphabet where a regular expression lexes literals exactly as
+   PostgreSQL does) for the same literal-insensitive statements as 3;
+3. pglast's fingerprint (about 3 µs, PostgreSQL's own parser in C). The
+   fingerprint ignores the values of constants, so only *literal-insensitive*
+   analyses are shared through it: plain queries and DML whose facts were
+   derived from no constant's value (no SET, set_config, COPY,
+   PREPARE/EXECUTE, function or DO bodies). This is what keeps clients that
+   inline literals (pgbench's simple mode, most ORMs) off the slow path;
+4. otherwise the full analysis (about 20 µs for a small statement).
 
-Pure: no I/O, no trio.
+Decisions that depend on the session's prepared statements (EXECUTE) are
+never cached. The caches are bounded and evict oldest first; a statement
+answered through its fingerprint is not also remembered by its bytes. Pure: no I/O, no
+trio.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pglast.parser as _pg
 
@@ -45,46 +52,123 @@ def _fingerprint_safe(analysis: Analysis) -> bool:
     return bool(analysis.statements)
 
 
-class _LRU(OrderedDict):
+# The shape key: the statement with its numeric and string literals replaced
+# by "?", computed only for text whose lexing a regular expression cannot get
+# wrong. In that restricted alphabet — ASCII (PostgreSQL identifiers may hold
+# other letters, which Python's \w does not know), no double quotes
+# (quoted identifiers), no backslash (E'' escapes, standard_conforming_strings),
+# no dollar sign (dollar quotes, $n parameters), no comments, no "?" (it is
+# the placeholder), no quote preceded by a letter or digit (E'', B'', X'',
+# N'' prefixes), no doubled quotes inside a string, no two literals touching —
+# every single-quoted run is one string constant and every free-standing digit
+# run is one numeric constant for PostgreSQL's own lexer, so two statements
+# with the same key differ only in their constants' values, exactly as two
+# statements with the same fingerprint do.
+# A string not preceded by a letter or digit (so not E'', B'', X'', N''), or a
+# free-standing run of digits (not part of a name, 1e5, 0x1F or 1.2.3).
+_SHAPE_LITERAL = re.compile(rb"(?<!\w)'[^']*'|(?<![\w.])[0-9]+(?:\.[0-9]+)?(?![\w.])")
+
+
+def shape_key(raw: bytes) -> bytes | None:
+    """``raw`` with its literals replaced by ``?``, or None when the text is
+    outside the alphabet where that replacement is known to be exact."""
+    if (
+        not raw.isascii()
+        or b'"' in raw
+        or b"\\" in raw
+        or b"$" in raw
+        or b"?" in raw
+        or b"--" in raw
+        or b"/*" in raw
+    ):
+        return None
+    key = _SHAPE_LITERAL.sub(b"?", raw)
+    # A quote left over is a string the expression did not take (a prefix,
+    # an odd quote); "??" is two literals touching ('a''b', 1'x').
+    if b"'" in key or b"??" in key:
+        return None
+    return key
+
+
+def _uses_prepared(analysis: Analysis) -> bool:
+    return any(f.executes_prepared for f in analysis.statements)
+
+
+class _Bounded(OrderedDict):
+    """A mapping that forgets its oldest entries beyond ``size`` (O(1))."""
+
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
-    def put(self, key, value) -> None:
+    def put(self, key: Any, value: Any) -> None:
         self[key] = value
         if len(self) > self.size:
             self.popitem(last=False)
 
 
 class Gate:
-    """A policy plus the caches that make checking cheap."""
+    """A policy plus the caches that make checking cheap. One per target,
+    shared by its sessions so that they warm each other's caches."""
 
     def __init__(self, policy: Policy, cache_size: int = 8192) -> None:
         self.policy = policy
-        self._by_text: _LRU = _LRU(cache_size)
-        self._by_fingerprint: _LRU = _LRU(cache_size)
-        self.hits = self.fingerprint_hits = self.misses = 0
+        self._by_bytes = _Bounded(cache_size)  # (raw, groups) -> (analysis, decision)
+        self._analyses = _Bounded(cache_size)  # fingerprint -> analysis
+        self._fp_decisions = _Bounded(cache_size)  # (fingerprint, groups) -> decision
+        self._by_shape = _Bounded(cache_size)  # (shape key, groups) -> (analysis, decision)
+        self.hits = self.shape_hits = self.fingerprint_hits = self.misses = 0
 
-    def analyze(self, sql: str) -> Analysis:
-        """Facts of ``sql`` (raises ParseFailure when it does not parse)."""
-        analysis = self._by_text.get(sql)
-        if analysis is not None:
+    def verdict(
+        self,
+        raw: bytes,
+        groups: frozenset[str],
+        prepared: Mapping[str, Analysis | Facts] | None = None,
+    ) -> tuple[Analysis, Decision]:
+        """Facts and decision for the UTF-8 bytes of a SQL string.
+
+        Raises UnicodeDecodeError for bytes that are not UTF-8 and
+        ParseFailure for SQL that does not parse (both: fail closed)."""
+        key = (raw, groups)
+        hit = self._by_bytes.get(key)
+        if hit is not None:
             self.hits += 1
-            return analysis
-        try:
-            fp = _pg.fingerprint(sql)
-        except Exception:
-            fp = None  # let the full analysis report the parse error precisely
-        analysis = self._by_fingerprint.get(fp) if fp is not None else None
+            return hit
+        shape = shape_key(raw)
+        if shape is not None:
+            hit = self._by_shape.get((shape, groups))
+            if hit is not None:
+                self.shape_hits += 1
+                return hit
+        sql = raw.decode("utf-8")
+        fp = None
+        if "\x00" not in sql:  # the C parser would stop at a NUL: no shortcut for those
+            try:
+                fp = _pg.fingerprint(sql)
+            except Exception:
+                pass  # the full analysis reports the parse error precisely
+        analysis = self._analyses.get(fp) if fp is not None else None
         if analysis is not None:
+            # Not remembered by bytes: with inlined literals the same bytes
+            # rarely come again, and this path is cheap.
             self.fingerprint_hits += 1
-        else:
-            self.misses += 1
-            analysis = analyze_uncached(sql)
-            if fp is not None and _fingerprint_safe(analysis):
-                self._by_fingerprint.put(fp, analysis)
-        self._by_text.put(sql, analysis)
-        return analysis
+            decision = self._fp_decisions.get((fp, groups))
+            if decision is None:
+                decision = self.policy.decide(analysis, groups)
+                self._fp_decisions.put((fp, groups), decision)
+            if shape is not None:
+                self._by_shape.put((shape, groups), (analysis, decision))
+            return analysis, decision
+        self.misses += 1
+        analysis = analyze_uncached(sql)
+        decision = self.policy.decide(analysis, groups, prepared=prepared)
+        if fp is not None and _fingerprint_safe(analysis):
+            self._analyses.put(fp, analysis)
+            if shape is not None:
+                self._by_shape.put((shape, groups), (analysis, decision))
+        if not _uses_prepared(analysis):
+            self._by_bytes.put(key, (analysis, decision))
+        return analysis, decision
 
     def check(
         self,
@@ -92,5 +176,5 @@ class Gate:
         groups: frozenset[str] | Iterable[str],
         prepared: Mapping[str, Analysis | Facts] | None = None,
     ) -> tuple[Analysis, Decision]:
-        analysis = self.analyze(sql)
-        return analysis, self.policy.decide(analysis, groups, prepared=prepared)
+        """The same for a str (tools and tests)."""
+        return self.verdict(sql.encode("utf-8"), frozenset(groups), prepared)
