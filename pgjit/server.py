@@ -26,6 +26,7 @@ from pgjit.jit.admin import AdminConnection
 from pgjit.jit.broker import JitBroker
 from pgjit.policy.gate import Gate
 from pgjit.protocol import messages as m
+from pgjit.reactor import Reactor
 from pgjit.transport import SocketTransport
 from pgjit.upstream import make_upstream_tls_context, send_cancel
 
@@ -81,6 +82,8 @@ class Gateway:
         # One statement gate per target with a policy; shared by its sessions
         # so that their caches warm each other.
         self.gates = {t.name: Gate(t.policy) for t in config.targets.values() if t.policy is not None}
+        # Relays plain-TCP sessions (TLS sessions use a task per direction).
+        self.reactor: Reactor | None = Reactor()
 
     # ----------------------------------------------------------- contexts
 
@@ -147,6 +150,8 @@ class Gateway:
         async with trio.open_nursery() as background:
             # Housekeeping lives apart from sessions: it outlasts the drain,
             # so sessions ending during shutdown can still revoke their roles.
+            if self.reactor is not None:
+                background.start_soon(self.reactor.run)
             for broker in self.brokers.values():
                 background.start_soon(broker.run_sweeper)
             if self.verifier is not None:

@@ -46,7 +46,7 @@ from pgjit.jit.naming import quote_ident, quote_literal
 from pgjit.policy import ParseFailure
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
-from pgjit.transport import Transport, TransportClosed, start_tls
+from pgjit.transport import SocketTransport, Transport, TransportClosed, start_tls
 from pgjit.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,6 +101,12 @@ class Session:
         self.rfq_sent = 0  # RFQ-producing client messages forwarded
         self.rfq_received = 0  # ReadyForQuery frames relayed back
         self._syncs_since_execute = 0
+        # Relay state (see from_client / from_server).
+        self._c_pending: bytearray | None = None  # an incomplete client frame
+        self._c_watch = _FRONTEND_WATCH
+        self._s_pending: bytearray | None = None  # an incomplete server frame
+        self._s_skip = 0  # bytes of a large streamable message still to pass through
+        self._s_last_was_error = False  # was the last whole frame relayed an ErrorResponse?
         # marker -> (error to show, index of the ReadyForQuery that ends its pipeline)
         self._rewrites: dict[str, tuple[PgjitError, int]] = {}
         self._client_mid_message = False
@@ -195,6 +201,8 @@ class Session:
                              hint="the databases this gateway serves are its configured targets")
         self.database = db
         self.gate = self.gateway.gates.get(db)
+        if self.gate is not None:
+            self._c_watch = _FRONTEND_WATCH_GATED
         self.groups = frozenset(self.principal.groups)
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
         if self.gate is not None:
@@ -345,15 +353,30 @@ class Session:
 
     async def _relay(self) -> None:
         leftover = self.client_stream.buf.take_raw()
+        up = self.upstream.transport  # type: ignore[union-attr]
+        reactor = self.gateway.reactor
         try:
             async with trio.open_nursery() as nursery:
                 self._relay_scope = nursery.cancel_scope
                 if self._terminate_error is not None:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._client_to_server, leftover)
-                nursery.start_soon(self._server_to_client)
                 if self.ends_at is not None:
                     nursery.start_soon(self._expiry_watch)
+                if reactor is not None and isinstance(self.client, SocketTransport) and isinstance(up, SocketTransport):
+                    # Plain TCP both ways: the gateway's shared epoll reactor
+                    # relays this session without a task wakeup per read.
+                    relay = reactor.relay(self, self.client, up)
+                    try:
+                        if leftover:
+                            relay.feed_client(leftover)
+                        await relay.finished()
+                    finally:
+                        relay.close()
+                    self._client_mid_message = relay.client_mid_message
+                    nursery.cancel_scope.cancel()
+                else:
+                    nursery.start_soon(self._client_to_server, leftover)
+                    nursery.start_soon(self._server_to_client)
         except BaseExceptionGroup as group:
             # One direction failed (and cancelled the other): report that
             # failure itself, e.g. a ProtocolViolation becomes 08P01.
@@ -361,67 +384,142 @@ class Session:
         if self._terminate_error is not None:
             raise self._terminate_error
 
+    # The relay's work, without I/O: each takes the bytes that arrived on one
+    # side and returns what to send to the other. Both drivers (the two tasks
+    # below for TLS, the reactor for plain TCP) call them.
+
+    def from_client(self, data: bytes | bytearray) -> tuple[bytes | bytearray | memoryview | None, bool]:
+        """Bytes from the client -> (bytes for the upstream, stop after sending)."""
+        pending = self._c_pending
+        if pending is not None:
+            pending += data
+            data = pending
+        frames, end = scan_watched(data, 0, len(data), self.config.limits.max_message_size, self._c_watch)
+        self._c_pending = _carry(data, end, pending)
+        if not end:
+            return None, False
+        stop = False
+        if frames:
+            simple = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
+            for tag, _, _ in frames:
+                if tag not in simple:
+                    simple = None
+                    break
+            if simple is not None:
+                for tag, _, _ in frames:
+                    self._count(tag)
+            elif len(frames) == 1 and frames[0][0] == F_QUERY:
+                # The common gated case, one simple Query: no rebuild
+                # unless it is refused.
+                _, qs, qe = frames[0]
+                self._count(F_QUERY)
+                error = self._gate_statement(bytes(data[qs + 5 : qe - 1]), None)
+                if error is not None:
+                    return bytes(data[:qs]) + self._refuse(error) + bytes(data[qe:end]), False
+            else:
+                rebuilt, stop = self._frontend_frames(data, frames, end)
+                if rebuilt is not None:
+                    return rebuilt, stop
+        if end == len(data):
+            return data, stop
+        return bytes(data[:end]), stop
+
+    def from_server(self, data: bytes | bytearray) -> bytes | bytearray | None:
+        """Bytes from the upstream -> bytes for the client. Sets
+        ``_s_skip`` while a large message is streaming through."""
+        skip = self._s_skip
+        head = b""
+        if skip:
+            if len(data) <= skip:
+                self._s_skip = skip - len(data)
+                return data
+            head, data = data[:skip], data[skip:]
+            self._s_skip = 0
+        pending = self._s_pending
+        if pending is not None:
+            pending += data
+            data = pending
+        n = len(data)
+        frames, end = scan_watched(data, 0, n, _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
+        if frames:
+            rewrite = False
+            for tag, start, _ in frames:
+                if tag == B_READY:
+                    self.rfq_received += 1
+                    self.txn_status = data[start + 5 : start + 6]
+                elif self._rewrites:
+                    rewrite = True
+            last = frames[-1]
+            self._s_last_was_error = last[0] == B_ERROR and last[2] == end
+            if rewrite or self._rewrites:
+                out = self._backend_frames(data, frames, end)
+            else:
+                out = data if end == n else data[:end]
+        elif end:
+            self._s_last_was_error = False
+            out = data if end == n else data[:end]
+        else:
+            out = b""
+        tail = n - end
+        if tail >= 5 and data[end] in _STREAMABLE and _U32.unpack_from(data, end + 1)[0] + 1 - tail >= _STREAM_THRESHOLD:
+            # A large row: pass what we have through now and the rest as it
+            # arrives, instead of buffering it whole.
+            self._s_skip = _U32.unpack_from(data, end + 1)[0] + 1 - tail
+            out = data if end == 0 and not out else bytes(out) + bytes(data[end:])
+            self._s_pending = None
+        else:
+            self._s_pending = _carry(data, end, pending)
+        if head:
+            return bytes(head) + bytes(out)
+        return out
+
+    def upstream_eof(self) -> None:
+        """The upstream closed: if the client was not told why, say so."""
+        if (
+            not self._client_mid_message
+            and self._s_skip == 0
+            and self._s_pending is None
+            and not self._s_last_was_error
+        ):
+            self.end_reason = "upstream_closed"
+            self._terminate_error = UpstreamUnavailable("the upstream server closed the connection unexpectedly")
+        elif self.end_reason == "ok":
+            self.end_reason = "upstream_closed"
+
     async def _client_to_server(self, leftover: bytes) -> None:
         client = self.client
         up = self.upstream.transport  # type: ignore[union-attr]
-        max_size = self.config.limits.max_message_size
-        watch = _FRONTEND_WATCH_GATED if self.gate is not None else _FRONTEND_WATCH
-        # Bytes of an incomplete frame carried over to the next read. A
-        # bytearray so that a large message arriving in pieces is
-        # accumulated in amortised linear time.
-        pending: bytearray | None = bytearray(leftover) if leftover else None
-        first = pending is not None  # the leftover may hold whole frames already
+        try:
+            data: bytes | bytearray = leftover
+            while True:
+                if data:
+                    out, stop = self.from_client(data)
+                    if out:
+                        await up.send_all(out)
+                    if stop:
+                        self.end_reason = "ok"
+                        return
+                data = await client.receive()
+                if not data:
+                    self.end_reason = "client_gone"
+                    return
+        finally:
+            self._relay_scope.cancel()  # type: ignore[union-attr]
+
+    async def _server_to_client(self) -> None:
+        up = self.upstream.transport  # type: ignore[union-attr]
+        client = self.client
         try:
             while True:
-                if first:
-                    first = False
-                    data: bytes | bytearray = pending  # type: ignore[assignment]
-                else:
-                    data = await client.receive()
-                    if not data:
-                        self.end_reason = "client_gone"
-                        return
-                    if pending is not None:
-                        pending += data
-                        data = pending
-                frames, end = scan_watched(data, 0, len(data), max_size, watch)
-                pending = _carry(data, end, pending)
-                if not end:
-                    continue
-                stop = False
-                if frames:
-                    simple = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
-                    for tag, _, _ in frames:
-                        if tag not in simple:
-                            simple = None
-                            break
-                    if simple is not None:
-                        for tag, _, _ in frames:
-                            self._count(tag)
-                    elif len(frames) == 1 and frames[0][0] == F_QUERY:
-                        # The common gated case, one simple Query: no rebuild
-                        # unless it is refused.
-                        _, qs, qe = frames[0]
-                        self._count(F_QUERY)
-                        error = self._gate_statement(bytes(data[qs + 5 : qe - 1]), None)
-                        if error is not None:
-                            data = bytes(data[:qs]) + self._refuse(error) + bytes(data[qe:end])
-                            end = len(data)
-                    else:
-                        rebuilt, stop = self._frontend_frames(data, frames, end)
-                        if rebuilt is not None:
-                            data, end = rebuilt, len(rebuilt)
-                if end == len(data):
-                    await up.send_all(data)
-                else:
-                    view = memoryview(data)[:end]
-                    try:
-                        await up.send_all(view)
-                    finally:
-                        view.release()
-                if stop:
-                    self.end_reason = "ok"
+                data = await up.receive()
+                if not data:
+                    self.upstream_eof()
                     return
+                out = self.from_server(data)
+                if out:
+                    self._client_mid_message = True
+                    await client.send_all(out)
+                    self._client_mid_message = self._s_skip > 0
         finally:
             self._relay_scope.cancel()  # type: ignore[union-attr]
 
@@ -556,76 +654,6 @@ class Session:
         due = self.rfq_sent if sync else self.rfq_sent + 1
         self._rewrites[marker] = (error, due)
         return m.Bind("", marker).encode() + (m.Sync().encode() if sync else b"")
-
-    async def _server_to_client(self) -> None:
-        up = self.upstream.transport  # type: ignore[union-attr]
-        client = self.client
-        pending: bytearray | None = None  # an incomplete frame carried over
-        skip = 0  # bytes of a large streamable message still to pass through
-        last_was_error = False  # was the last whole frame relayed an ErrorResponse?
-        try:
-            while True:
-                data: bytes | bytearray = await up.receive()
-                if not data:
-                    if not self._client_mid_message and skip == 0 and pending is None and not last_was_error:
-                        self.end_reason = "upstream_closed"
-                        self._terminate_error = UpstreamUnavailable(
-                            "the upstream server closed the connection unexpectedly"
-                        )
-                    elif self.end_reason == "ok":
-                        self.end_reason = "upstream_closed"
-                    return
-                if skip:
-                    if len(data) <= skip:
-                        skip -= len(data)
-                        self._client_mid_message = True
-                        await client.send_all(data)
-                        self._client_mid_message = skip > 0
-                        continue
-                    head, data = data[:skip], data[skip:]
-                    skip = 0
-                    self._client_mid_message = True
-                    await client.send_all(head)
-                    self._client_mid_message = False
-                if pending is not None:
-                    pending += data
-                    data = pending
-                n = len(data)
-                frames, end = scan_watched(data, 0, n, _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
-                if frames:
-                    rewrite = False
-                    for tag, start, _ in frames:
-                        if tag == B_READY:
-                            self.rfq_received += 1
-                            self.txn_status = data[start + 5 : start + 6]
-                        elif self._rewrites:
-                            rewrite = True
-                    last = frames[-1]
-                    last_was_error = last[0] == B_ERROR and last[2] == end
-                    if rewrite or self._rewrites:
-                        out = self._backend_frames(data, frames, end)
-                    else:
-                        out = data if end == n else data[:end]
-                elif end:
-                    last_was_error = False
-                    out = data if end == n else data[:end]
-                else:
-                    out = b""
-                tail = n - end
-                if tail >= 5 and data[end] in _STREAMABLE and _U32.unpack_from(data, end + 1)[0] + 1 - tail >= _STREAM_THRESHOLD:
-                    # A large row: pass what we have through now and the rest
-                    # as it arrives, instead of buffering it whole.
-                    skip = _U32.unpack_from(data, end + 1)[0] + 1 - tail
-                    out = data if end == 0 and not out else bytes(out) + bytes(data[end:])
-                    pending = None
-                else:
-                    pending = _carry(data, end, pending)
-                if out:
-                    self._client_mid_message = True
-                    await client.send_all(out)
-                    self._client_mid_message = skip > 0
-        finally:
-            self._relay_scope.cancel()  # type: ignore[union-attr]
 
     def _backend_frames(self, buf: bytearray, frames: list[tuple[int, int, int]], end: int) -> bytes:
         out: list[bytes] = []
