@@ -371,8 +371,9 @@ class Session:
                             relay.feed_client(leftover)
                         await relay.finished()
                     finally:
+                        # An error may follow only at a message boundary.
+                        self._client_mid_message = relay.client_mid_message
                         relay.close()
-                    self._client_mid_message = relay.client_mid_message
                     nursery.cancel_scope.cancel()
                 else:
                     nursery.start_soon(self._client_to_server, leftover)

@@ -149,8 +149,6 @@ class Gate:
                 pass  # the full analysis reports the parse error precisely
         analysis = self._analyses.get(fp) if fp is not None else None
         if analysis is not None:
-            # Not remembered by bytes: with inlined literals the same bytes
-            # rarely come again, and this path is cheap.
             self.fingerprint_hits += 1
             decision = self._fp_decisions.get((fp, groups))
             if decision is None:
@@ -158,6 +156,10 @@ class Gate:
                 self._fp_decisions.put((fp, groups), decision)
             if shape is not None:
                 self._by_shape.put((shape, groups), (analysis, decision))
+            else:
+                # No shape key (e.g. $1 parameters): such text usually comes
+                # again verbatim, so remember it by its bytes.
+                self._by_bytes.put(key, (analysis, decision))
             return analysis, decision
         self.misses += 1
         analysis = analyze_uncached(sql)

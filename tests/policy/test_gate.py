@@ -185,3 +185,11 @@ def test_bounded():
     for i in range(100):
         gate.check(f"select {i}::text", GROUPS)
     assert len(gate._by_bytes) <= 10
+
+
+def test_parameterised_text_is_remembered_by_bytes_after_a_fingerprint_hit():
+    gate = Gate(Policy.load(DEFAULT))
+    gate.check("SELECT abalance FROM pgbench_accounts WHERE aid = 5", GROUPS)  # warms the fingerprint
+    q = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"  # same fingerprint, no shape key
+    assert gate.check(q, GROUPS)[1].allowed and gate.fingerprint_hits == 1
+    assert gate.check(q, GROUPS)[1].allowed and gate.hits == 1
