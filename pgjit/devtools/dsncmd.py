@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TextIO
 from urllib.parse import quote
 
-from pgjit.identity.devissuer import _duration_arg, _groups_arg, mint_token
+from pgjit.identity.devissuer import _duration_arg, _groups_arg, mint_from_args
 
 __all__ = ["FORMATS", "SSLMODES", "build_parser", "render", "run", "token_claims"]
 
@@ -231,15 +231,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
             if not args.sub:
                 print("pgjit dsn: --sub is required with --key", file=err)
                 return 2
-            token = mint_token(
-                args.key,
-                sub=args.sub,
-                groups=args.groups,
-                ttl_seconds=args.ttl,
-                audience=args.aud,
-                issuer=args.issuer,
-                email=args.email,
-            )
+            token = mint_from_args(args)
         else:
             if args.sub or args.groups is not None or args.email or args.issuer:
                 print("pgjit dsn: --sub, --groups, --email and --issuer only apply with --key (minting)", file=err)

@@ -302,6 +302,19 @@ def mint_token(
 # --------------------------------------------------------------------------- CLI
 
 
+def mint_from_args(args: argparse.Namespace) -> str:
+    """A token from the minting options that ``token`` and ``dsn`` share."""
+    return mint_token(
+        args.key,
+        sub=args.sub,
+        groups=args.groups,
+        ttl_seconds=args.ttl,
+        audience=args.aud,
+        issuer=args.issuer,
+        email=args.email,
+    )
+
+
 def parse_duration(text: str) -> int:
     """Seconds in ``30s``, ``10m``, ``1h``, ``2d`` or a bare number of seconds."""
     match = _DURATION.fullmatch(text)
@@ -393,16 +406,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
             _describe(paths, "rotated: new signing key", out)
             return 0
         if command == "token":
-            token = mint_token(
-                args.key,
-                sub=args.sub,
-                groups=args.groups,
-                ttl_seconds=args.ttl,
-                audience=args.aud,
-                issuer=args.issuer,
-                email=args.email,
-            )
-            out.write(token + "\n")
+            out.write(mint_from_args(args) + "\n")
             return 0
     except (OSError, ValueError, KeyError) as exc:
         print(f"pgjit: {exc}", file=err)
