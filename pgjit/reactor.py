@@ -50,7 +50,12 @@ class Relay:
         self._done = trio.Event()
         self.error: BaseException | None = None
         self.closed = False
-        self._buf = bytearray(RECV_SIZE)
+        # One receive buffer per direction. Bytes read from the upstream are
+        # handed on as a view of its buffer (no copy); that buffer is not
+        # read into again while any of it waits to be sent, because the
+        # upstream is not read while the client has a backlog.
+        self._cbuf = bytearray(RECV_SIZE)
+        self._ubuf = bytearray(RECV_SIZE)
         reactor._register(self)
 
     @property
@@ -95,17 +100,19 @@ class Relay:
         except BaseException as e:  # ProtocolViolation, an internal error: the session reports it
             self._finish(e)
 
-    def _recv(self, sock: socket.socket) -> bytes | None:
+    @staticmethod
+    def _recv(sock: socket.socket, buf: bytearray) -> memoryview | None:
         try:
-            n = sock.recv_into(self._buf)
+            n = sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             return None
         except (ConnectionResetError, ConnectionAbortedError, TimeoutError, OSError):
-            return b""
-        return bytes(memoryview(self._buf)[:n])
+            n = 0
+        return memoryview(buf)[:n]
 
     def _read_client(self) -> None:
-        data = self._recv(self.client)
+        view = self._recv(self.client, self._cbuf)
+        data = None if view is None else view.tobytes()  # client messages are small: copy
         if data is None:
             return
         if not data:
@@ -115,7 +122,7 @@ class Relay:
         self.feed_client(data)
 
     def _read_upstream(self) -> None:
-        data = self._recv(self.upstream)
+        data = self._recv(self.upstream, self._ubuf)
         if data is None:
             return
         if not data:

@@ -425,9 +425,11 @@ class Session:
             return data, stop
         return bytes(data[:end]), stop
 
-    def from_server(self, data: bytes | bytearray) -> bytes | bytearray | None:
+    def from_server(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
         """Bytes from the upstream -> bytes for the client. Sets
-        ``_s_skip`` while a large message is streaming through."""
+        ``_s_skip`` while a large message is streaming through. ``data``
+        may be a view of a receive buffer; the result may be a view of it
+        too, and nothing here keeps a reference to it past the call."""
         skip = self._s_skip
         head = b""
         if skip:
@@ -447,7 +449,7 @@ class Session:
             for tag, start, _ in frames:
                 if tag == B_READY:
                     self.rfq_received += 1
-                    self.txn_status = data[start + 5 : start + 6]
+                    self.txn_status = bytes(data[start + 5 : start + 6])
                 elif self._rewrites:
                     rewrite = True
             last = frames[-1]
