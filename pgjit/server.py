@@ -2,7 +2,8 @@
 
 Listeners and sessions live in separate nurseries, so shutdown stops accepting
 first and then gives open sessions a grace period before ending them with
-57P01. ``Gateway.serve`` is started with ``nursery.start`` and reports the
+57P01. A third, background nursery holds what outlives the drain: the relay
+reactor, the JIT sweepers and the JWKS refresher. ``Gateway.serve`` is started with ``nursery.start`` and reports the
 bound addresses through ``task_status.started()``.
 """
 
