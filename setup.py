@@ -1,0 +1,9 @@
+"""Only the optional C accelerator is declared here; everything else is in pyproject.toml.
+
+``optional=True``: where no C compiler is available the install still succeeds
+and pgjit uses the pure-Python frame scanner (same results, slower).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True)])
