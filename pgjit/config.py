@@ -336,13 +336,21 @@ def _oidc(ctx: _Ctx, raw: Any) -> OIDCSettings | None:
     return OIDCSettings(
         verifier=verifier,
         allow_insecure_loopback=_get(ctx, raw, path, "allow_insecure_loopback", _bool, False),
-        expiry_grace=_get(ctx, raw, path, "expiry_grace", lambda v: float(v) if float(v) >= 0 else _neg(), 0.0),
+        expiry_grace=_get(ctx, raw, path, "expiry_grace", _nonnegative_float, 0.0),
         jwks_refresh_interval=_get(ctx, raw, path, "jwks_refresh_interval", _positive_float, 300.0),
     )
 
 
-def _neg() -> float:
-    raise ValueError("expected zero or a positive number of seconds")
+def _nonnegative_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not f >= 0:
+        raise ValueError("expected zero or a positive number of seconds")
+    return f
 
 
 # --------------------------------------------------------------------------

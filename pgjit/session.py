@@ -610,14 +610,12 @@ class Session:
                 position=e.cursorpos if e.cursorpos and e.cursorpos > 0 else None,
                 hint="pgjit refuses statements it cannot parse",
             )
+        if decision.shadow:
+            log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
         if decision.allowed:
-            if decision.shadow:
-                log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
             if parse_name or any(f.kind in _PREPARED_KINDS for f in analysis.statements):
                 self._track_prepared(analysis, parse_name)
             return None
-        if decision.shadow:
-            log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
         rule = decision.rule or "default"
         metrics.STATEMENTS_DENIED.labels(decision.action).inc()
         log.info("statement refused", extra={"rule": rule, "action": decision.action})

@@ -19,7 +19,7 @@ from pgjit.protocol import messages as m
 from pgjit.protocol.errors import ProtocolError
 from pgjit.protocol.framing import FrameBuffer
 from pgjit.protocol.scram import MECHANISM, MECHANISM_PLUS, ScramClient, md5_password, tls_server_end_point
-from pgjit.transport import SocketTransport, TLSTransport, Transport, open_tcp, start_tls
+from pgjit.transport import Transport, open_tcp, start_tls
 
 
 class MessageStream:
@@ -247,6 +247,4 @@ __all__ = [
     "connect_upstream",
     "make_upstream_tls_context",
     "send_cancel",
-    "SocketTransport",
-    "TLSTransport",
 ]

@@ -29,20 +29,7 @@ def scan(buf: bytearray | bytes | memoryview, pos: int, end: int, max_size: int)
     ``next_pos`` is where the first incomplete frame begins. Raises
     ProtocolError on a length field below 4 or above ``max_size``.
     """
-    frames = []
-    append = frames.append
-    while end - pos >= 5:
-        length = _unpack_u32(buf, pos + 1)[0]
-        if length < 4 or length > max_size:
-            raise ProtocolError(
-                f"message length {length} is outside the allowed range 4..{max_size}"
-            )
-        stop = pos + 1 + length
-        if stop > end:
-            break
-        append((buf[pos], pos, stop))
-        pos = stop
-    return frames, pos
+    return scan_watched(buf, pos, end, max_size, _ALL_TAGS)
 
 
 class FrameBuffer:
@@ -124,6 +111,7 @@ except ImportError:  # pragma: no cover - only where it could not be built
     _c_scan = None
 
 _MASKS: dict[frozenset[int], bytes] = {}
+_ALL_TAGS = frozenset(range(256))
 
 
 def scan_watched(
