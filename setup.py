@@ -1,9 +1,14 @@
-"""Only the optional C accelerator is declared here; everything else is in pyproject.toml.
+"""Only the optional C accelerators are declared here; everything else is in pyproject.toml.
 
 ``optional=True``: where no C compiler is available the install still succeeds
-and pgjit uses the pure-Python frame scanner (same results, slower).
+and pgjit uses the pure-Python frame scanner and relay (same results, slower).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True)])
+setup(
+    ext_modules=[
+        Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True),
+        Extension("pgjit._relaycore", ["pgjit/_relaycore.c"], optional=True),
+    ]
+)

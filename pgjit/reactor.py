@@ -9,6 +9,12 @@ synchronously: read what is there, let the session's ``from_client`` /
 is kept (one read's worth at most) and waited for with EPOLLOUT, while the
 side that produced it stops being read: backpressure, bounded memory.
 
+When the optional C module ``pgjit._relaycore`` is built, its ``pump`` takes
+the reads that need no Python at all (whole frames that only move the
+ReadyForQuery count: a Query, its reply) and relays them itself; every other
+read comes back here. The session's counters then live in the C ``Core``.
+``PGJIT_RELAY_CORE=python`` turns the C path off (the tests run both).
+
 The session's own task just waits for its relay to finish; cancelling it
 (shutdown, token expiry) closes the relay. TLS sessions keep the task pair.
 """
@@ -16,6 +22,7 @@ The session's own task just waits for its relay to finish; cancelling it
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 from typing import TYPE_CHECKING
@@ -23,6 +30,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgjit.transport import RECV_SIZE, SocketTransport
+
+try:  # the optional C hot path (setup.py); the Python below is the reference
+    from pgjit import _relaycore
+except ImportError:  # pragma: no cover - only where it could not be built
+    _relaycore = None
 
 if TYPE_CHECKING:  # pragma: no cover
     from pgjit.session import Session
@@ -33,6 +45,30 @@ _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
 # Events handled per wakeup before yielding to the rest of trio.
 _BATCH = 256
+# Polls in a row, while each finds events, before trio runs other tasks.
+_SPINS = 16
+
+# What a frame type means to the C path (the enum in _relaycore.c).
+_PASS, _PYTHON = 0, 9
+_C_CODES = {b"Q"[0]: 1, b"S"[0]: 2, b"E"[0]: 3, b"c"[0]: 4, b"f"[0]: 4}
+_S_MASK = bytes(5 if t == b"Z"[0] else 6 if t == b"E"[0] else _PASS for t in range(256))
+_C_MASKS: dict[tuple[frozenset[int], frozenset[int]], bytes] = {}
+
+
+def client_mask(watch: frozenset[int], count_only: frozenset[int]) -> bytes:
+    """The C path's code for each client frame type: relayed as is, counted,
+    or (anything else the session watches) handed to Python."""
+    key = (watch, count_only)
+    mask = _C_MASKS.get(key)
+    if mask is None:
+        mask = _C_MASKS[key] = bytes(
+            (_C_CODES[t] if t in count_only else _PYTHON) if t in watch else _PASS for t in range(256)
+        )
+    return mask
+
+
+def c_core_enabled() -> bool:
+    return _relaycore is not None and os.environ.get("PGJIT_RELAY_CORE", "c") != "python"
 
 
 class Relay:
@@ -56,6 +92,18 @@ class Relay:
         # upstream is not read while the client has a backlog.
         self._cbuf = bytearray(RECV_SIZE)
         self._ubuf = bytearray(RECV_SIZE)
+        self.core = None
+        if reactor.use_core:
+            watch, count_only, max_size, backend_max = session.relay_profile()
+            core = _relaycore.Core(self.cfd, self.ufd, self._cbuf, self._ubuf, client_mask(watch, count_only),
+                                   _S_MASK, max_size, backend_max)
+            old = session.ctr
+            core.rfq_sent, core.rfq_received = old.rfq_sent, old.rfq_received
+            core.syncs_since_execute, core.txn_status = old.syncs_since_execute, old.txn_status
+            core.last_was_error = old.last_was_error
+            session.ctr = core
+            self.core = core
+            self._sync()
         reactor._register(self)
 
     @property
@@ -87,6 +135,21 @@ class Relay:
         if stop:
             self.session.end_reason = "ok"
             self._finish()
+        self._sync()
+
+    def _sync(self) -> None:
+        """Tell the C path which directions it may take: none with bytes
+        carried over, a backlog, or a refusal's reply still to rewrite."""
+        core = self.core
+        if core is not None:
+            session, backlog = self.session, self._backlog
+            core.c_fast = backlog[self.ufd] is None and session._c_pending is None
+            core.s_fast = (
+                backlog[self.cfd] is None
+                and session._s_skip == 0
+                and session._s_pending is None
+                and not session._rewrites
+            )
 
     def on_event(self, fd: int, ev: int) -> None:
         try:
@@ -97,7 +160,30 @@ class Relay:
                     self._read_client()
                 else:
                     self._read_upstream()
+            self._sync()
         except BaseException as e:  # ProtocolViolation, an internal error: the session reports it
+            self._finish(e)
+
+    def on_report(self, fd: int, ev: int, n: int, sent: int) -> None:
+        """What the C path left for Python (see _relaycore.c for the codes)."""
+        if n < 0:
+            self.on_event(fd, ev)
+            return
+        try:
+            if self.closed:
+                return
+            if sent == -1:  # read, not looked at
+                if fd == self.cfd:
+                    self._got_client(self._cbuf[:n] if n else b"")
+                else:
+                    self._got_upstream(memoryview(self._ubuf)[:n])
+            elif sent == -2:  # relayed and counted; the destination is gone
+                self._send_failed(self.ufd if fd == self.cfd else self.cfd)
+            else:  # relayed and counted; keep what was not written
+                buf = self._cbuf if fd == self.cfd else self._ubuf
+                self._keep(self.ufd if fd == self.cfd else self.cfd, memoryview(buf)[sent:n])
+            self._sync()
+        except BaseException as e:
             self._finish(e)
 
     @staticmethod
@@ -112,9 +198,10 @@ class Relay:
 
     def _read_client(self) -> None:
         view = self._recv(self.client, self._cbuf)
-        data = None if view is None else view.tobytes()  # client messages are small: copy
-        if data is None:
-            return
+        if view is not None:
+            self._got_client(view.tobytes())  # client messages are small: copy
+
+    def _got_client(self, data: bytes | bytearray) -> None:
         if not data:
             self.session.end_reason = "client_gone"
             self._finish()
@@ -123,8 +210,10 @@ class Relay:
 
     def _read_upstream(self) -> None:
         data = self._recv(self.upstream, self._ubuf)
-        if data is None:
-            return
+        if data is not None:
+            self._got_upstream(data)
+
+    def _got_upstream(self, data: memoryview) -> None:
         if not data:
             self.session._client_mid_message = self.client_mid_message
             self.session.upstream_eof()
@@ -144,17 +233,23 @@ class Relay:
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError:
-            # The destination is gone: the session ends (its reader sees EOF).
-            if fd == self.cfd:
-                self.session.end_reason = "client_gone"
-            self._finish()
+            self._send_failed(fd)
             return
         if n < len(view):
-            # Keep the rest, wait until writable, stop reading the source.
-            self._backlog[fd] = view[n:]
-            source = self.ufd if fd == self.cfd else self.cfd
-            self._set_mask(fd, self._mask[fd] | _OUT)
-            self._set_mask(source, self._mask[source] & ~_IN)
+            self._keep(fd, view[n:])
+
+    def _send_failed(self, fd: int) -> None:
+        # The destination is gone: the session ends (its reader sees EOF).
+        if fd == self.cfd:
+            self.session.end_reason = "client_gone"
+        self._finish()
+
+    def _keep(self, fd: int, rest: memoryview) -> None:
+        """Keep what a write left, wait until writable, stop reading the source."""
+        self._backlog[fd] = rest
+        source = self.ufd if fd == self.cfd else self.cfd
+        self._set_mask(fd, self._mask[fd] | _OUT)
+        self._set_mask(source, self._mask[source] & ~_IN)
 
     def _flush(self, fd: int) -> None:
         view = self._backlog[fd]
@@ -185,9 +280,11 @@ class Relay:
 
 
 class Reactor:
-    def __init__(self) -> None:
+    def __init__(self, *, use_core: bool | None = None) -> None:
         self._ep = select.epoll()
         self._relays: dict[int, Relay] = {}
+        self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
+        self.use_core = c_core_enabled() if use_core is None else use_core
 
     def relay(self, session: "Session", client: SocketTransport, upstream: SocketTransport) -> Relay:
         return Relay(self, session, client, upstream)
@@ -195,6 +292,8 @@ class Reactor:
     def _register(self, relay: Relay) -> None:
         for fd in (relay.cfd, relay.ufd):
             self._relays[fd] = relay
+            if relay.core is not None:
+                self._cores[fd] = relay.core
             self._ep.register(fd, _IN)
 
     def _modify(self, fd: int, mask: int) -> None:
@@ -204,6 +303,7 @@ class Reactor:
         for fd in (relay.cfd, relay.ufd):
             if self._relays.get(fd) is relay:
                 del self._relays[fd]
+                self._cores.pop(fd, None)
                 try:
                     self._ep.unregister(fd)
                 except (OSError, ValueError):
@@ -213,6 +313,21 @@ class Reactor:
         ep = self._ep
         relays = self._relays
         try:
+            if self.use_core:
+                pump, epfd, cores = _relaycore.pump, ep.fileno(), self._cores
+                while True:
+                    await trio.lowlevel.wait_readable(epfd)
+                    # While events keep coming, poll again before going back
+                    # to trio: a reply has often arrived by the time a batch
+                    # is done, and a trio wakeup costs more than an empty poll.
+                    for _ in range(_SPINS):
+                        reports = pump(epfd, _BATCH, cores)
+                        if reports is None:
+                            break
+                        for fd, ev, n, sent in reports:
+                            relay = relays.get(fd)
+                            if relay is not None:
+                                relay.on_report(fd, ev, n, sent)
             while True:
                 await trio.lowlevel.wait_readable(ep.fileno())
                 for fd, ev in ep.poll(0, _BATCH):

@@ -97,16 +97,14 @@ class Session:
         self.upstream: UpstreamConnection | None = None
         # pgjit's own cancel key for this session (mapped to the upstream's).
         self.key = gateway.new_cancel_key(self)
-        self.txn_status = b"I"
-        self.rfq_sent = 0  # RFQ-producing client messages forwarded
-        self.rfq_received = 0  # ReadyForQuery frames relayed back
-        self._syncs_since_execute = 0
+        # ReadyForQuery accounting and transaction status. The reactor swaps
+        # in its C core's counters (same fields) while it relays the session.
+        self.ctr: RelayCounters = RelayCounters()
         # Relay state (see from_client / from_server).
         self._c_pending: bytearray | None = None  # an incomplete client frame
         self._c_watch = _FRONTEND_WATCH
         self._s_pending: bytearray | None = None  # an incomplete server frame
         self._s_skip = 0  # bytes of a large streamable message still to pass through
-        self._s_last_was_error = False  # was the last whole frame relayed an ErrorResponse?
         # marker -> (error to show, index of the ReadyForQuery that ends its pipeline)
         self._rewrites: dict[str, tuple[PgjitError, int]] = {}
         self._client_mid_message = False
@@ -130,7 +128,16 @@ class Session:
         """At rest between transactions: nothing in flight, no open transaction."""
         if self.phase is not Phase.RELAY:
             return True  # nothing of the client's is running yet (or any more)
-        return self.rfq_sent == self.rfq_received and self.txn_status == b"I"
+        ctr = self.ctr
+        return ctr.rfq_sent == ctr.rfq_received and ctr.txn_status == b"I"
+
+    @property
+    def rfq_sent(self) -> int:
+        return self.ctr.rfq_sent
+
+    @property
+    def rfq_received(self) -> int:
+        return self.ctr.rfq_received
 
     def terminate(self, error: PgjitError) -> None:
         """End the session with ``error`` (e.g. 57P01 at shutdown)."""
@@ -230,7 +237,7 @@ class Session:
                 max_size=_MAX_BACKEND_MESSAGE,
             )
         up = self.upstream
-        self.txn_status = up.transaction_status
+        self.ctr.txn_status = up.transaction_status
         await self.client_stream.send(
             m.AuthenticationOk(),
             *up.greeting,
@@ -389,6 +396,13 @@ class Session:
     # side and returns what to send to the other. Both drivers (the two tasks
     # below for TLS, the reactor for plain TCP) call them.
 
+    def relay_profile(self) -> tuple[frozenset[int], frozenset[int], int, int]:
+        """For the reactor's C path: the client frame types this session
+        watches, those of them that only move the ReadyForQuery count, and
+        the largest client and server message allowed."""
+        count_only = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
+        return self._c_watch, count_only, self.config.limits.max_message_size, _MAX_BACKEND_MESSAGE
+
     def from_client(self, data: bytes | bytearray) -> tuple[bytes | bytearray | memoryview | None, bool]:
         """Bytes from the client -> (bytes for the upstream, stop after sending)."""
         pending = self._c_pending
@@ -446,20 +460,23 @@ class Session:
         frames, end = scan_watched(data, 0, n, _MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
         if frames:
             rewrite = False
-            for tag, start, _ in frames:
+            ctr = self.ctr
+            for tag, start, stop in frames:
                 if tag == B_READY:
-                    self.rfq_received += 1
-                    self.txn_status = bytes(data[start + 5 : start + 6])
+                    if stop - start != 6:
+                        raise ProtocolViolation("malformed ReadyForQuery message from the server")
+                    ctr.rfq_received += 1
+                    ctr.txn_status = bytes(data[start + 5 : start + 6])
                 elif self._rewrites:
                     rewrite = True
             last = frames[-1]
-            self._s_last_was_error = last[0] == B_ERROR and last[2] == end
+            ctr.last_was_error = last[0] == B_ERROR and last[2] == end
             if rewrite or self._rewrites:
                 out = self._backend_frames(data, frames, end)
             else:
                 out = data if end == n else data[:end]
         elif end:
-            self._s_last_was_error = False
+            self.ctr.last_was_error = False
             out = data if end == n else data[:end]
         else:
             out = b""
@@ -482,7 +499,7 @@ class Session:
             not self._client_mid_message
             and self._s_skip == 0
             and self._s_pending is None
-            and not self._s_last_was_error
+            and not self.ctr.last_was_error
         ):
             self.end_reason = "upstream_closed"
             self._terminate_error = UpstreamUnavailable("the upstream server closed the connection unexpectedly")
@@ -554,7 +571,7 @@ class Session:
                 if error is not None:
                     replacement = self._refuse(error, sync=False)
             elif tag == F_FUNCTION_CALL:
-                self.rfq_sent += 1
+                self.ctr.rfq_sent += 1
                 replacement = self._refuse(
                     FeatureNotSupported(
                         "the FunctionCall protocol message is not allowed through pgjit",
@@ -579,17 +596,18 @@ class Session:
         ... CopyDone, Sync, and gets one ReadyForQuery for the two Syncs. So
         the Syncs between an Execute and a CopyDone/CopyFail are uncounted
         when the CopyDone/CopyFail shows that they fell into a copy."""
+        ctr = self.ctr
         if tag == F_SYNC:
-            self.rfq_sent += 1
-            self._syncs_since_execute += 1
+            ctr.rfq_sent += 1
+            ctr.syncs_since_execute += 1
         elif tag == F_QUERY:
-            self.rfq_sent += 1
-            self._syncs_since_execute = 0
+            ctr.rfq_sent += 1
+            ctr.syncs_since_execute = 0
         elif tag == F_EXECUTE:
-            self._syncs_since_execute = 0
+            ctr.syncs_since_execute = 0
         else:  # CopyDone, CopyFail
-            self.rfq_sent -= self._syncs_since_execute
-            self._syncs_since_execute = 0
+            ctr.rfq_sent -= ctr.syncs_since_execute
+            ctr.syncs_since_execute = 0
 
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
@@ -652,7 +670,7 @@ class Session:
         ``sync`` (Query, FunctionCall: they are answered by a ReadyForQuery of
         their own) a Sync follows; a refused Parse waits for the client's."""
         marker = "pgjit_refused_" + secrets.token_hex(8)
-        due = self.rfq_sent if sync else self.rfq_sent + 1
+        due = self.ctr.rfq_sent if sync else self.ctr.rfq_sent + 1
         self._rewrites[marker] = (error, due)
         return m.Bind("", marker).encode() + (m.Sync().encode() if sync else b"")
 
@@ -660,7 +678,7 @@ class Session:
         out: list[bytes] = []
         seg = 0
         # rfq_received already counts this batch; replay the count frame by frame.
-        received = self.rfq_received - sum(1 for f in frames if f[0] == B_READY)
+        received = self.ctr.rfq_received - sum(1 for f in frames if f[0] == B_READY)
         for tag, start, stop in frames:
             if tag == B_READY:
                 received += 1
@@ -702,7 +720,7 @@ class Session:
         up = self.upstream
         if up is not None:
             try:
-                if self.rfq_sent != self.rfq_received and self._terminate_error is not None:
+                if self.ctr.rfq_sent != self.ctr.rfq_received and self._terminate_error is not None:
                     # A query is still running upstream: stop it, do not leave it
                     # to finish for nobody.
                     await send_cancel(up, timeout=2)
@@ -732,6 +750,23 @@ _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
 _PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+class RelayCounters:
+    """The ReadyForQuery accounting of one session: client messages that
+    the server answers with a ReadyForQuery (``rfq_sent``), ReadyForQuery
+    frames relayed back (``rfq_received``), the last transaction status, and
+    whether the last server frame was an ErrorResponse. The C relay core
+    (pgjit._relaycore.Core) has the same fields."""
+
+    __slots__ = ("rfq_sent", "rfq_received", "syncs_since_execute", "txn_status", "last_was_error")
+
+    def __init__(self) -> None:
+        self.rfq_sent = 0
+        self.rfq_received = 0
+        self.syncs_since_execute = 0
+        self.txn_status = b"I"
+        self.last_was_error = False
 
 
 def parse_options(options: str) -> dict[str, str]:

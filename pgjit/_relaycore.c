@@ -1,0 +1,322 @@
+/* The reactor's hot path in C: read, find frame boundaries, count, write.
+ *
+ * pgjit.reactor keeps the relay's logic in Python (Session.from_client and
+ * from_server). Most reads need none of it: a client read holding whole
+ * Query/Sync/Execute frames only moves the ReadyForQuery count, and a server
+ * read holding whole frames only moves that count and the transaction status.
+ * For those, pump() does the work itself, with the same counters the Python
+ * code uses (they live in the Core object), and never builds a Python object.
+ * Everything else is handed back to Python untouched or with the bytes read:
+ *
+ *   (fd, events, -1, -1)  not read: Python handles the event as usual
+ *   (fd, events,  n, -1)  n bytes read into the direction's buffer (0: EOF or
+ *                         a reset), not yet looked at: Python relays them
+ *   (fd, events,  n,  s)  relayed and counted, but only s of n bytes were
+ *                         written: Python keeps the rest as the backlog
+ *   (fd, events,  n, -2)  relayed and counted, the write failed: the
+ *                         destination is gone
+ *
+ * A direction takes this path only while Python says it may (c_fast/s_fast:
+ * nothing carried over, no backlog, nothing to rewrite). A read qualifies
+ * only when it holds whole frames whose types the masks mark as handled here;
+ * the frames are checked before anything is counted, so a read handed back to
+ * Python has changed nothing. The Python relay is the reference and the
+ * fallback when this module is not built; tests run both on the same input.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <errno.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+/* Mask codes: what a frame type means to the fast path. */
+enum {
+    PASS = 0,       /* relayed as is */
+    C_QUERY = 1,    /* client: answered by one ReadyForQuery */
+    C_SYNC = 2,     /* client: answered by one ReadyForQuery, unless it falls into COPY */
+    C_EXECUTE = 3,  /* client: starts a run of Syncs that a COPY may swallow */
+    C_COPY_END = 4, /* client: CopyDone/CopyFail: the Syncs since Execute were swallowed */
+    S_READY = 5,    /* server: ReadyForQuery */
+    S_ERROR = 6,    /* server: ErrorResponse (remembered as the last frame) */
+    PYTHON = 9,     /* Python must see the read */
+};
+
+#define MAX_EVENTS 512
+
+typedef struct {
+    PyObject_HEAD
+    int cfd, ufd;
+    PyObject *cbuf, *ubuf; /* bytearrays, one receive buffer per direction */
+    unsigned char cmask[256], smask[256];
+    unsigned long long cmax, smax;
+    long long rfq_sent, rfq_received, syncs_since_execute;
+    int last_was_error;
+    int c_fast, s_fast;
+    char txn_status;
+} Core;
+
+static int
+Core_init(Core *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cfd", "ufd", "cbuf", "ubuf", "cmask", "smask", "cmax", "smax", NULL};
+    int cfd, ufd;
+    PyObject *cbuf, *ubuf;
+    Py_buffer cmask, smask;
+    unsigned long long cmax, smax;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiYYy*y*KK", kwlist, &cfd, &ufd, &cbuf, &ubuf, &cmask,
+                                     &smask, &cmax, &smax))
+        return -1;
+    if (cmask.len != 256 || smask.len != 256 || PyByteArray_GET_SIZE(cbuf) == 0 ||
+        PyByteArray_GET_SIZE(ubuf) == 0) {
+        PyBuffer_Release(&cmask);
+        PyBuffer_Release(&smask);
+        PyErr_SetString(PyExc_ValueError, "masks must be 256 bytes and buffers not empty");
+        return -1;
+    }
+    memcpy(self->cmask, cmask.buf, 256);
+    memcpy(self->smask, smask.buf, 256);
+    PyBuffer_Release(&cmask);
+    PyBuffer_Release(&smask);
+    self->cfd = cfd;
+    self->ufd = ufd;
+    Py_INCREF(cbuf);
+    Py_XSETREF(self->cbuf, cbuf);
+    Py_INCREF(ubuf);
+    Py_XSETREF(self->ubuf, ubuf);
+    self->cmax = cmax;
+    self->smax = smax;
+    self->txn_status = 'I';
+    return 0;
+}
+
+static void
+Core_dealloc(Core *self)
+{
+    Py_XDECREF(self->cbuf);
+    Py_XDECREF(self->ubuf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Core_get_txn_status(Core *self, void *closure)
+{
+    return PyBytes_FromStringAndSize(&self->txn_status, 1);
+}
+
+static int
+Core_set_txn_status(Core *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != 1) {
+        PyErr_SetString(PyExc_TypeError, "txn_status must be one byte");
+        return -1;
+    }
+    self->txn_status = PyBytes_AS_STRING(value)[0];
+    return 0;
+}
+
+static PyMemberDef Core_members[] = {
+    {"rfq_sent", T_LONGLONG, offsetof(Core, rfq_sent), 0, "RFQ-producing client messages relayed"},
+    {"rfq_received", T_LONGLONG, offsetof(Core, rfq_received), 0, "ReadyForQuery frames relayed"},
+    {"syncs_since_execute", T_LONGLONG, offsetof(Core, syncs_since_execute), 0, NULL},
+    {"last_was_error", T_BOOL, offsetof(Core, last_was_error), 0, "last server frame an ErrorResponse"},
+    {"c_fast", T_BOOL, offsetof(Core, c_fast), 0, "client reads may take the C path"},
+    {"s_fast", T_BOOL, offsetof(Core, s_fast), 0, "server reads may take the C path"},
+    {NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"txn_status", (getter)Core_get_txn_status, (setter)Core_set_txn_status, "b'I', b'T' or b'E'", NULL},
+    {NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pgjit._relaycore.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_members = Core_members,
+    .tp_getset = Core_getset,
+    .tp_doc = "One relayed session's sockets, buffers and ReadyForQuery counters.",
+};
+
+/* Relay one readable event if it qualifies. Returns 1 when fully handled,
+ * 0 with *n and *sent set when Python must take over. */
+static int
+relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
+{
+    *n = -1;
+    *sent = -1;
+    if ((ev & EPOLLOUT) || !(ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+        return 0;
+    int client = fd == c->cfd;
+    if (!client && fd != c->ufd)
+        return 0;
+    if (!(client ? c->c_fast : c->s_fast))
+        return 0;
+    PyObject *ba = client ? c->cbuf : c->ubuf;
+    unsigned char *b = (unsigned char *)PyByteArray_AS_STRING(ba);
+    Py_ssize_t cap = PyByteArray_GET_SIZE(ba);
+    ssize_t r = recv(fd, b, (size_t)cap, MSG_DONTWAIT);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 1; /* nothing there after all (level-triggered: it will come back) */
+        *n = 0;       /* a reset reads as the end of the stream, as in Python */
+        return 0;
+    }
+    *n = r;
+    if (r == 0)
+        return 0;
+
+    const unsigned char *mask = client ? c->cmask : c->smask;
+    unsigned long long max = client ? c->cmax : c->smax;
+    Py_ssize_t pos = 0;
+    while (r - pos >= 5) {
+        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
+                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        if (len < 4 || (unsigned long long)len > max)
+            return 0;
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
+        if (stop > r)
+            return 0;
+        unsigned char code = mask[b[pos]];
+        if (code == PYTHON || (code == S_READY && len != 5))
+            return 0;
+        pos = stop;
+    }
+    if (pos != r)
+        return 0;
+
+    /* Every frame is whole and ours: count, then write. */
+    int last = -1;
+    Py_ssize_t last_stop = 0;
+    for (pos = 0; pos < r;) {
+        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
+                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
+        switch (mask[b[pos]]) {
+        case C_QUERY:
+            c->rfq_sent++;
+            c->syncs_since_execute = 0;
+            break;
+        case C_SYNC:
+            c->rfq_sent++;
+            c->syncs_since_execute++;
+            break;
+        case C_EXECUTE:
+            c->syncs_since_execute = 0;
+            break;
+        case C_COPY_END:
+            c->rfq_sent -= c->syncs_since_execute;
+            c->syncs_since_execute = 0;
+            break;
+        case S_READY:
+            c->rfq_received++;
+            c->txn_status = (char)b[pos + 5];
+            last = S_READY;
+            last_stop = stop;
+            break;
+        case S_ERROR:
+            last = S_ERROR;
+            last_stop = stop;
+            break;
+        default:
+            break;
+        }
+        pos = stop;
+    }
+    if (!client)
+        c->last_was_error = last == S_ERROR && last_stop == r;
+
+    int dest = client ? c->ufd : c->cfd;
+    ssize_t w = send(dest, b, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w == r)
+        return 1;
+    if (w < 0)
+        *sent = (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
+    else
+        *sent = w;
+    return 0;
+}
+
+static PyObject *
+pump(PyObject *self, PyObject *args)
+{
+    int epfd, maxevents;
+    PyObject *cores;
+    if (!PyArg_ParseTuple(args, "iiO!", &epfd, &maxevents, &PyDict_Type, &cores))
+        return NULL;
+    if (maxevents < 1 || maxevents > MAX_EVENTS)
+        maxevents = MAX_EVENTS;
+    struct epoll_event evs[MAX_EVENTS];
+    int ready = epoll_wait(epfd, evs, maxevents, 0);
+    if (ready < 0) {
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        ready = 0;
+    }
+    if (ready == 0)
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < ready; i++) {
+        int fd = evs[i].data.fd;
+        uint32_t ev = evs[i].events;
+        Py_ssize_t n = -1, sent = -1;
+        PyObject *key = PyLong_FromLong(fd);
+        if (key == NULL)
+            goto error;
+        PyObject *core = PyDict_GetItemWithError(cores, key); /* borrowed */
+        Py_DECREF(key);
+        if (core == NULL && PyErr_Occurred())
+            goto error;
+        if (core != NULL && Py_IS_TYPE(core, &CoreType)) {
+            Py_INCREF(core);
+            int done = relay_event((Core *)core, fd, ev, &n, &sent);
+            Py_DECREF(core);
+            if (done)
+                continue;
+        }
+        PyObject *t = Py_BuildValue("(iInn)", fd, (unsigned int)ev, n, sent);
+        if (t == NULL || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            goto error;
+        }
+        Py_DECREF(t);
+    }
+    return out;
+
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"pump", pump, METH_VARARGS,
+     "pump(epoll_fd, max_events, cores: dict[fd, Core]) -> [(fd, events, n, sent), ...] left for Python,\n"
+     "or None when no event was ready"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_relaycore", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__relaycore(void)
+{
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL)
+        return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(mod, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}
