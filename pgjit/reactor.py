@@ -282,6 +282,7 @@ class Relay:
 class Reactor:
     def __init__(self, *, use_core: bool | None = None) -> None:
         self._ep = select.epoll()
+        self._epfd = self._ep.fileno()
         self._relays: dict[int, Relay] = {}
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
         self.use_core = c_core_enabled() if use_core is None else use_core
@@ -309,32 +310,39 @@ class Reactor:
                 except (OSError, ValueError):
                     pass
 
-    async def run(self) -> None:
-        ep = self._ep
+    def poll(self) -> bool:
+        """Handle the events that are ready now, without waiting; False when
+        there were none."""
+        if self.use_core:
+            reports = _relaycore.pump(self._epfd, _BATCH, self._cores)
+            if reports is None:
+                return False
+            relays = self._relays
+            for fd, ev, n, sent in reports:
+                relay = relays.get(fd)
+                if relay is not None:
+                    relay.on_report(fd, ev, n, sent)
+            return True
+        events = self._ep.poll(0, _BATCH)
         relays = self._relays
+        for fd, ev in events:
+            relay = relays.get(fd)
+            if relay is not None:
+                relay.on_event(fd, ev)
+        return bool(events)
+
+    async def run(self) -> None:
+        poll = self.poll
         try:
-            if self.use_core:
-                pump, epfd, cores = _relaycore.pump, ep.fileno(), self._cores
-                while True:
-                    await trio.lowlevel.wait_readable(epfd)
-                    # While events keep coming, poll again before going back
-                    # to trio: a reply has often arrived by the time a batch
-                    # is done, and a trio wakeup costs more than an empty poll.
-                    for _ in range(_SPINS):
-                        reports = pump(epfd, _BATCH, cores)
-                        if reports is None:
-                            break
-                        for fd, ev, n, sent in reports:
-                            relay = relays.get(fd)
-                            if relay is not None:
-                                relay.on_report(fd, ev, n, sent)
             while True:
-                await trio.lowlevel.wait_readable(ep.fileno())
-                for fd, ev in ep.poll(0, _BATCH):
-                    relay = relays.get(fd)
-                    if relay is not None:
-                        relay.on_event(fd, ev)
+                await trio.lowlevel.wait_readable(self._epfd)
+                # While events keep coming, poll again before going back to
+                # trio: a reply has often arrived by the time a batch is
+                # done, and a trio wakeup costs more than an empty poll.
+                for _ in range(_SPINS):
+                    if not poll():
+                        break
         finally:
-            for relay in list(relays.values()):
+            for relay in list(self._relays.values()):
                 relay._finish()
-            ep.close()
+            self._ep.close()

@@ -161,7 +161,10 @@ class Gateway:
                 async with trio.open_nursery() as listen_nursery:
                     for lsock in listeners:
                         listen_nursery.start_soon(self._accept_loop, lsock, session_nursery, Session)
-                    log.info("listening", extra={"addresses": ",".join(f"{h}:{p}" for h, p in self.addresses)})
+                    log.info("listening", extra={
+                        "addresses": ",".join(f"{h}:{p}" for h, p in self.addresses),
+                        "relay": "off" if self.reactor is None else "c" if self.reactor.use_core else "python",
+                    })
                     task_status.started(self.addresses)
                     await self._shutdown.wait()
                     listen_nursery.cancel_scope.cancel()

@@ -26,6 +26,7 @@ class GatewayProc:
     log_path: Path
     port: int = 0
     host: str = "127.0.0.1"
+    relay: str | None = None  # "c" or "python": how the reactor relays (from the listening line)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def dsn(self, user: str = "alice@example.com", dbname: str = "appdb", password: str = "x", **kw: str) -> str:
@@ -100,6 +101,7 @@ def start_gateway(workdir: Path, pg: Any, env: dict[str, str] | None = None, **s
         for rec in gw.logs():
             if rec.get("msg") == "listening":
                 gw.port = int(rec["addresses"].split(",")[0].rsplit(":", 1)[1])
+                gw.relay = rec.get("relay")
                 return gw
         time.sleep(0.05)
     proc.kill()
@@ -110,6 +112,9 @@ def start_gateway(workdir: Path, pg: Any, env: dict[str, str] | None = None, **s
 def gateway(pg, tmp_path_factory):
     """A gateway shared by tests that do not change its configuration."""
     gw = start_gateway(tmp_path_factory.mktemp("gateway"), pg)
+    if os.environ.get("CI") == "true":
+        # The client matrix must exercise the relay the benchmarks measure.
+        assert gw.relay == "c", f"the gateway relays with {gw.relay!r}, not the C core"
     yield gw
     gw.stop()
 

@@ -124,3 +124,28 @@ def test_connect_per_transaction(initialized, gateway, pgbench_bin, direct):
         return direct.execute("select count(*) from pg_stat_activity where application_name = %s", (app,)).fetchone()[0]
 
     assert wait_for(lambda: leftovers() == 0, timeout=5), f"{leftovers()} upstream connections left behind"
+
+
+@pytest.fixture(scope="module")
+def python_relay_gateway(pg, tmp_path_factory):
+    """A gateway whose reactor relays without the C core, as on an install
+    where it could not be built."""
+    from tests.gateway_fixtures import start_gateway
+
+    gw = start_gateway(tmp_path_factory.mktemp("pyrelay"), pg, env={"PGJIT_RELAY_CORE": "python"})
+    assert gw.relay == "python"
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended"])
+def test_python_relay(initialized, python_relay_gateway, pgbench_bin, direct, mode):
+    """The reactor's pure-Python relay (the C core's reference and fallback)
+    runs TPC-B and select-only with no failure and a consistent database."""
+    env = python_relay_gateway.env()
+    before = consistency(direct)
+    s = summary(run_pgbench(pgbench_bin, env, "-M", mode, "-T", "3", "-c", "4", "-j", "2"))
+    assert s["processed"] > 0 and s["failed"] == 0
+    _check_tpcb(direct, before, s["processed"])
+    s = summary(run_pgbench(pgbench_bin, env, "-M", mode, "-S", "-T", "3", "-c", "4", "-j", "2"))
+    assert s["processed"] > 0 and s["failed"] == 0

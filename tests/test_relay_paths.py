@@ -1,0 +1,239 @@
+"""The reactor's C path (pgjit._relaycore) against its Python reference.
+
+The same random conversation, cut into random chunks, with random stalls of
+the receivers (so that writes come up short and backlogs form), is relayed
+once with the C core and once without, over real sockets. Every byte each
+side receives, the ReadyForQuery accounting, and how the relay ends must be
+the same. The session is the real one; only the gateway around it is reduced
+to the two things a Session asks of it (its config and a cancel key).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pgjit import reactor as reactor_mod
+from pgjit.config import parse_config
+from pgjit.policy.gate import Gate
+from pgjit.policy.model import Policy
+from pgjit.protocol import messages as m
+from pgjit.reactor import Reactor
+from pgjit.session import _FRONTEND_WATCH_GATED, Phase, Session
+from pgjit.transport import SocketTransport
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = parse_config("targets:\n  appdb: {host: 127.0.0.1, port: 5432, database: appdb, user: app, password: x}\n")
+POLICY = Policy.load(REPO / "policies" / "default.yaml")
+
+needs_core = pytest.mark.skipif(reactor_mod._relaycore is None, reason="the C relay core is not built")
+
+
+def test_core_is_built_in_ci():
+    # setup.py marks it optional so that installs without a compiler work;
+    # in CI (gcc present) it must have been built, or the benchmarks lie.
+    if os.environ.get("CI") == "true":
+        assert reactor_mod._relaycore is not None
+        assert reactor_mod.c_core_enabled()
+
+
+class _Gateway:
+    config = CONFIG
+
+    def new_cancel_key(self, session: Session) -> m.BackendKeyData:
+        return m.BackendKeyData(1, 2)
+
+
+def frame(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("!I", len(body) + 4) + body
+
+
+ALLOWED = [b"select 1", b"select abalance from pgbench_accounts where aid = 7", b"show search_path", b"begin", b"commit"]
+DENIED = [b"drop table pgbench_accounts", b"copy t from program 'id'"]
+
+# Frontend frames: everything that moves the count, things the C path passes,
+# and things only Python may handle (Terminate, FunctionCall, an unknown type).
+frontend_frame = st.one_of(
+    st.sampled_from(ALLOWED + DENIED).map(lambda q: frame(b"Q", q + b"\0")),
+    st.just(frame(b"S", b"")),
+    st.just(frame(b"E", b"\0\0\0\0\0")),
+    st.just(frame(b"H", b"")),
+    st.sampled_from(ALLOWED + DENIED).map(lambda q: frame(b"P", b"s1\0" + q + b"\0\0\0")),
+    st.just(frame(b"B", b"\0s1\0" + b"\0" * 6)),
+    st.just(frame(b"D", b"Ss1\0")),
+    st.binary(max_size=40).map(lambda b: frame(b"d", b)),
+    st.just(frame(b"c", b"")),
+    st.just(frame(b"f", b"oops\0")),
+    st.just(frame(b"F", b"\0\0\0\1" + b"\0" * 6)),
+    st.just(frame(b"X", b"")),
+    st.just(frame(b"z", b"junk")),
+    st.just(b"Q\0\0\0\1"),  # a length below 4
+)
+backend_frame = st.one_of(
+    st.sampled_from(b"ITE").map(lambda s: frame(b"Z", bytes([s]))),
+    st.just(frame(b"E", b"SERROR\0C26000\0Mprepared statement \"x\" does not exist\0\0")),
+    st.just(frame(b"E", b"SERROR\0C42P01\0Mno\0\0")),
+    st.binary(max_size=60).map(lambda b: frame(b"D", b"\0\1" + struct.pack("!i", len(b)) + b)),
+    st.just(frame(b"C", b"SELECT 1\0")),
+    st.just(frame(b"N", b"SNOTICE\0Mhi\0\0")),
+    st.integers(70_000, 120_000).map(lambda n: frame(b"D", b"\0\1" + struct.pack("!i", n) + b"r" * n)),
+    st.just(frame(b"Z", b"")),  # malformed: no status byte
+)
+
+
+@st.composite
+def conversation(draw):
+    """Steps: ("c", bytes) client writes, ("s", bytes) server writes,
+    ("drain", side) a receiver reads what it has. A write is either a few
+    whole frames (what the C path takes) or a cut at any byte."""
+    frames = {"c": draw(st.lists(frontend_frame, max_size=25)), "s": draw(st.lists(backend_frame, max_size=25))}
+    streams = {side: b"".join(f) for side, f in frames.items()}
+    bounds = {side: set(itertools.accumulate(len(x) for x in f)) for side, f in frames.items()}
+    steps = []
+    pos = {"c": 0, "s": 0}
+    while pos["c"] < len(streams["c"]) or pos["s"] < len(streams["s"]):
+        kind = draw(st.sampled_from(["c", "s", "drain"]))
+        if kind == "drain":
+            steps.append(("drain", draw(st.sampled_from(["up", "cl"]))))
+            continue
+        data, at = streams[kind], pos[kind]
+        if at >= len(data):
+            continue
+        if draw(st.booleans()):  # up to the k-th frame boundary from here
+            ahead = sorted(b for b in bounds[kind] if b > at)
+            end = ahead[min(draw(st.integers(0, 3)), len(ahead) - 1)]
+        else:
+            end = at + draw(st.sampled_from([1, 3, 5, 6, 17, 64, 1000, 40_000]))
+        steps.append((kind, data[at:end]))
+        pos[kind] = end
+    return steps
+
+
+def relay_once(steps, *, use_core: bool, gated: bool):
+    reactor = Reactor(use_core=use_core)
+    c_app, c_gw = socket.socketpair()
+    u_gw, u_app = socket.socketpair()
+    for s in (c_gw, u_gw):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # so that writes come up short
+    for s in (c_app, u_app):
+        s.setblocking(False)
+    client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
+    session = Session(_Gateway(), client_t, None)
+    session.phase = Phase.RELAY
+    if gated:
+        session.gate = Gate(POLICY)
+        session._c_watch = _FRONTEND_WATCH_GATED
+    relay = reactor.relay(session, client_t, up_t)
+    unsent = {"c": bytearray(), "s": bytearray()}
+    got = {"up": bytearray(), "cl": bytearray()}
+    apps = {"c": c_app, "s": u_app, "up": u_app, "cl": c_app}
+
+    def push() -> bool:
+        moved = False
+        for side in ("c", "s"):
+            if unsent[side]:
+                try:
+                    n = apps[side].send(unsent[side])
+                except BlockingIOError:
+                    n = 0
+                except OSError:  # the relay closed that socket's peer
+                    unsent[side].clear()
+                    continue
+                del unsent[side][:n]
+                moved = moved or n > 0
+        return moved
+
+    def drain(side: str) -> bool:
+        moved = False
+        for _ in range(1000):
+            try:
+                data = apps[side].recv(1 << 20)
+            except (BlockingIOError, ConnectionResetError):
+                break
+            if not data:
+                break
+            got[side] += data
+            moved = True
+        return moved
+
+    def settle() -> None:
+        for _ in range(500):
+            moved = push()
+            if not reactor.poll() and not moved:
+                break
+
+    try:
+        for kind, arg in steps:
+            if kind == "drain":
+                drain(arg)
+            else:
+                unsent[kind] += arg
+            settle()
+        for _ in range(500):  # everything delivered, or the relay is over
+            settle()
+            if not (drain("up") | drain("cl")) and not reactor.poll():
+                break
+    finally:
+        closed = relay.closed
+        relay.close()
+        for s in (c_app, c_gw, u_gw, u_app):
+            s.close()
+    ctr = session.ctr
+    markers = re.compile(rb"pgjit_refused_[0-9a-f]{16}")
+    return {
+        "to upstream": markers.sub(b"<marker>", bytes(got["up"])),
+        "to client": bytes(got["cl"]),
+        "counters": (ctr.rfq_sent, ctr.rfq_received, ctr.syncs_since_execute, ctr.txn_status, bool(ctr.last_was_error)),
+        "pending": (session._c_pending, session._s_pending, session._s_skip, len(session._rewrites)),
+        "error": type(relay.error).__name__ if relay.error is not None else None,
+        "error text": str(relay.error) if relay.error is not None else None,
+        "end": session.end_reason,
+        "closed": closed,
+    }
+
+
+@needs_core
+@settings(max_examples=int(os.environ.get("PGJIT_RELAY_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(steps=conversation(), gated=st.booleans())
+def test_c_path_relays_exactly_as_python(steps, gated):
+    python = relay_once(steps, use_core=False, gated=gated)
+    c = relay_once(steps, use_core=True, gated=gated)
+    assert c == python
+
+
+def _q(sql: bytes) -> bytes:
+    return frame(b"Q", sql + b"\0")
+
+
+@pytest.mark.parametrize("use_core", [pytest.param(True, marks=needs_core), False], ids=["c", "python"])
+def test_request_response_accounting(use_core):
+    """A plain pgbench-like exchange: each Query is answered by one
+    ReadyForQuery; the session is idle after each reply, mid-query before."""
+    reply = frame(b"T", b"\0\0") + frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")
+    steps = []
+    for _ in range(50):
+        steps += [("c", _q(b"select 1")), ("s", reply), ("drain", "cl"), ("drain", "up")]
+    steps += [("c", _q(b"begin")), ("s", frame(b"C", b"BEGIN\0") + frame(b"Z", b"T"))]
+    out = relay_once(steps, use_core=use_core, gated=False)
+    assert out["counters"] == (51, 51, 0, b"T", False)
+    assert out["to upstream"] == _q(b"select 1") * 50 + _q(b"begin")
+    assert out["error"] is None and not out["closed"]
+
+
+@pytest.mark.parametrize("use_core", [pytest.param(True, marks=needs_core), False], ids=["c", "python"])
+def test_refused_query_reply_is_rewritten(use_core):
+    """A denied Query takes the Python path and leaves a rewrite pending;
+    the server's reply to the marker must be rewritten, not relayed raw."""
+    out = relay_once([("c", _q(b"drop table pgbench_accounts"))], use_core=use_core, gated=True)
+    marker_bind = out["to upstream"]
+    assert b"<marker>" in marker_bind and b"drop table" not in marker_bind
+    assert out["pending"][3] == 1  # one reply to rewrite
