@@ -1,7 +1,8 @@
 """Only the optional C accelerators are declared here; everything else is in pyproject.toml.
 
 ``optional=True``: where no C compiler is available the install still succeeds
-and pgjit uses the pure-Python frame scanner and relay (same results, slower).
+and pgjit uses the pure-Python frame scanner, relay and gate shape key (same
+results, slower).
 """
 
 from setuptools import Extension, setup
@@ -10,5 +11,6 @@ setup(
     ext_modules=[
         Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True),
         Extension("pgjit._relaycore", ["pgjit/_relaycore.c"], optional=True),
+        Extension("pgjit.policy._shape", ["pgjit/policy/_shape.c"], optional=True),
     ]
 )

@@ -193,3 +193,50 @@ def test_parameterised_text_is_remembered_by_bytes_after_a_fingerprint_hit():
     q = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"  # same fingerprint, no shape key
     assert gate.check(q, GROUPS)[1].allowed and gate.fingerprint_hits == 1
     assert gate.check(q, GROUPS)[1].allowed and gate.hits == 1
+
+
+# The C shape key (pgjit/policy/_shape.c) must give exactly what the Python
+# reference gives, on SQL-like text and on any bytes at all.
+_SHAPE_BYTES = st.one_of(
+    _statements().map(str.encode),
+    st.lists(st.sampled_from([b"'", b"''", b"1", b"12", b".", b"1.5", b"a", b"_", b" ", b"x'", b"E'", b"e", b"-",
+                              b"--", b"/*", b"?", b"$", b'"', b"\\", b"\xc3\xa9", b"\0", b"(", b")", b"=", b"1e5"]),
+             max_size=30).map(b"".join),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=int(__import__("os").environ.get("PGJIT_SHAPE_EXAMPLES", "400")) * 5, deadline=None)
+@given(_SHAPE_BYTES)
+def test_c_shape_key_equals_the_reference(raw):
+    from pgjit.policy import gate as gate_mod
+
+    assert gate_mod.shape_key(raw) == gate_mod._shape_key_py(raw)
+    assert gate_mod.shape_key(bytearray(raw)) == gate_mod._shape_key_py(raw)
+
+
+def test_c_shape_key_is_built_in_ci():
+    from pgjit.policy import gate as gate_mod
+
+    if __import__("os").environ.get("CI") == "true":
+        assert gate_mod.shape_key is not gate_mod._shape_key_py
+
+
+@pytest.mark.parametrize("raw, key", [
+    (b"select 1", b"select ?"),
+    (b"select 'a', 2.5 from t1 where x = 10", b"select ?, ? from t1 where x = ?"),
+    (b"select 1.2.3", b"select 1.2.3"),
+    (b"select 1e5", b"select 1e5"),
+    (b"select x'ff'", None),
+    (b"select 'a''b'", None),
+    (b"select 'open", None),
+    (b"select 1 -- c", None),
+    (b"select \"T\"", None),
+    (b"select $1", None),
+    (b"", b""),
+])
+def test_shape_key_examples(raw, key):
+    from pgjit.policy import gate as gate_mod
+
+    assert gate_mod.shape_key(raw) == key
+    assert gate_mod._shape_key_py(raw) == key
