@@ -40,6 +40,7 @@ enum {
     C_COPY_END = 4, /* client: CopyDone/CopyFail: the Syncs since Execute were swallowed */
     S_READY = 5,    /* server: ReadyForQuery */
     S_ERROR = 6,    /* server: ErrorResponse (remembered as the last frame) */
+    C_GATED = 7,    /* client: a Query the gate callback must allow, then as C_QUERY */
     PYTHON = 9,     /* Python must see the read */
 };
 
@@ -49,6 +50,7 @@ typedef struct {
     PyObject_HEAD
     int cfd, ufd;
     PyObject *cbuf, *ubuf; /* bytearrays, one receive buffer per direction */
+    PyObject *gate;        /* gate(sql: bytes) -> bool, for C_GATED frames, or NULL */
     unsigned char cmask[256], smask[256];
     unsigned long long cmax, smax;
     long long rfq_sent, rfq_received, syncs_since_execute;
@@ -91,11 +93,29 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static int
+Core_traverse(Core *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cbuf);
+    Py_VISIT(self->ubuf);
+    Py_VISIT(self->gate);
+    return 0;
+}
+
+static int
+Core_clear(Core *self)
+{
+    Py_CLEAR(self->cbuf);
+    Py_CLEAR(self->ubuf);
+    Py_CLEAR(self->gate);
+    return 0;
+}
+
 static void
 Core_dealloc(Core *self)
 {
-    Py_XDECREF(self->cbuf);
-    Py_XDECREF(self->ubuf);
+    PyObject_GC_UnTrack(self);
+    Core_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -123,6 +143,9 @@ static PyMemberDef Core_members[] = {
     {"last_was_error", T_BOOL, offsetof(Core, last_was_error), 0, "last server frame an ErrorResponse"},
     {"c_fast", T_BOOL, offsetof(Core, c_fast), 0, "client reads may take the C path"},
     {"s_fast", T_BOOL, offsetof(Core, s_fast), 0, "server reads may take the C path"},
+    {"gate", T_OBJECT, offsetof(Core, gate), 0,
+     "gate(sql: bytes) -> bool: True lets a Query through the C path; False (or an exception) hands the "
+     "read to Python, which decides again. It must have no side effects."},
     {NULL},
 };
 
@@ -134,7 +157,9 @@ static PyGetSetDef Core_getset[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pgjit._relaycore.Core",
     .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,
@@ -158,6 +183,8 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     if (!(client ? c->c_fast : c->s_fast))
         return 0;
     PyObject *ba = client ? c->cbuf : c->ubuf;
+    if (ba == NULL)
+        return 0;
     unsigned char *b = (unsigned char *)PyByteArray_AS_STRING(ba);
     Py_ssize_t cap = PyByteArray_GET_SIZE(ba);
     ssize_t r = recv(fd, b, (size_t)cap, MSG_DONTWAIT);
@@ -174,6 +201,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     const unsigned char *mask = client ? c->cmask : c->smask;
     unsigned long long max = client ? c->cmax : c->smax;
     Py_ssize_t pos = 0;
+    int gated = 0;
     while (r - pos >= 5) {
         uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
                        ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
@@ -183,12 +211,40 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
         if (stop > r)
             return 0;
         unsigned char code = mask[b[pos]];
-        if (code == PYTHON || (code == S_READY && len != 5))
+        if (code == PYTHON || (code == S_READY && len != 5) || (code == C_GATED && (len < 5 || c->gate == NULL || c->gate == Py_None)))
             return 0;
+        gated |= code == C_GATED;
         pos = stop;
     }
     if (pos != r)
         return 0;
+
+    /* Queries of a gated session: all must be allowed, or Python takes the
+     * read (and decides again, so the callback must not have side effects). */
+    for (pos = 0; gated && pos < r;) {
+        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
+                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        if (mask[b[pos]] == C_GATED) {
+            PyObject *sql = PyBytes_FromStringAndSize((const char *)b + pos + 5, (Py_ssize_t)len - 5);
+            if (sql == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            PyObject *gate = c->gate;
+            Py_INCREF(gate);
+            PyObject *verdict = PyObject_CallOneArg(gate, sql);
+            Py_DECREF(gate);
+            Py_DECREF(sql);
+            if (verdict != Py_True) {
+                if (verdict == NULL)
+                    PyErr_Clear();
+                Py_XDECREF(verdict);
+                return 0;
+            }
+            Py_DECREF(verdict);
+        }
+        pos += 1 + (Py_ssize_t)len;
+    }
 
     /* Every frame is whole and ours: count, then write. */
     int last = -1;
@@ -199,6 +255,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
         Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
         switch (mask[b[pos]]) {
         case C_QUERY:
+        case C_GATED:
             c->rfq_sent++;
             c->syncs_since_execute = 0;
             break;

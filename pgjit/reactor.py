@@ -51,19 +51,28 @@ _SPINS = 16
 # What a frame type means to the C path (the enum in _relaycore.c).
 _PASS, _PYTHON = 0, 9
 _C_CODES = {b"Q"[0]: 1, b"S"[0]: 2, b"E"[0]: 3, b"c"[0]: 4, b"f"[0]: 4}
+_C_GATED_QUERY = 7
 _S_MASK = bytes(5 if t == b"Z"[0] else 6 if t == b"E"[0] else _PASS for t in range(256))
-_C_MASKS: dict[tuple[frozenset[int], frozenset[int]], bytes] = {}
+_C_MASKS: dict[tuple[frozenset[int], frozenset[int], bool], bytes] = {}
+_Q = b"Q"[0]
 
 
-def client_mask(watch: frozenset[int], count_only: frozenset[int]) -> bytes:
+def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) -> bytes:
     """The C path's code for each client frame type: relayed as is, counted,
-    or (anything else the session watches) handed to Python."""
-    key = (watch, count_only)
+    a Query for the gate callback, or (anything else the session watches)
+    handed to Python."""
+    key = (watch, count_only, gated)
     mask = _C_MASKS.get(key)
     if mask is None:
-        mask = _C_MASKS[key] = bytes(
-            (_C_CODES[t] if t in count_only else _PYTHON) if t in watch else _PASS for t in range(256)
-        )
+
+        def code(t: int) -> int:
+            if t not in watch:
+                return _PASS
+            if t in count_only:
+                return _C_CODES[t]
+            return _C_GATED_QUERY if gated and t == _Q else _PYTHON
+
+        mask = _C_MASKS[key] = bytes(code(t) for t in range(256))
     return mask
 
 
@@ -95,8 +104,11 @@ class Relay:
         self.core = None
         if reactor.use_core:
             watch, count_only, max_size, backend_max = session.relay_profile()
-            core = _relaycore.Core(self.cfd, self.ufd, self._cbuf, self._ubuf, client_mask(watch, count_only),
+            gated = session.gate is not None
+            core = _relaycore.Core(self.cfd, self.ufd, self._cbuf, self._ubuf, client_mask(watch, count_only, gated),
                                    _S_MASK, max_size, backend_max)
+            if gated:
+                core.gate = session.gate_allows
             old = session.ctr
             core.rfq_sent, core.rfq_received = old.rfq_sent, old.rfq_received
             core.syncs_since_execute, core.txn_status = old.syncs_since_execute, old.txn_status
@@ -118,6 +130,8 @@ class Relay:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.core is not None:
+                self.core.gate = None  # the bound method refers back to the session
             self.reactor._unregister(self)
             self._done.set()
 

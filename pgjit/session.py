@@ -609,6 +609,23 @@ class Session:
             ctr.rfq_sent -= ctr.syncs_since_execute
             ctr.syncs_since_execute = 0
 
+    def gate_allows(self, raw: bytes) -> bool:
+        """For the reactor's C path: may this Query's SQL go upstream with
+        nothing more from Python? True only for an allowed statement that
+        needs no bookkeeping (prepared statements) and no log line (shadow
+        rules). Anything else is False, and the read takes the Python path,
+        which decides again and does the rest. No side effects."""
+        try:
+            analysis, decision = self.gate.verdict(raw, self.groups, self.prepared)  # type: ignore[union-attr]
+        except Exception:
+            return False
+        if not decision.allowed or decision.shadow:
+            return False
+        for f in analysis.statements:
+            if f.kind in _PREPARED_KINDS:
+                return False
+        return True
+
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
         policy: None when allowed, else the error the client must see (the
