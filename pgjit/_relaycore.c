@@ -16,6 +16,11 @@
  *   (fd, events,  n, -2)  relayed and counted, the write failed: the
  *                         destination is gone
  *
+ * In a session with a policy, a Query, or a Parse of the unnamed statement,
+ * takes this path only when the session's gate callback allows its SQL and
+ * says nothing else is to be done; otherwise the read goes to Python, which
+ * decides again (so the callback has no side effects).
+ *
  * A direction takes this path only while Python says it may (c_fast/s_fast:
  * nothing carried over, no backlog, nothing to rewrite). A read qualifies
  * only when it holds whole frames whose types the masks mark as handled here;
@@ -41,6 +46,7 @@ enum {
     S_READY = 5,    /* server: ReadyForQuery */
     S_ERROR = 6,    /* server: ErrorResponse (remembered as the last frame) */
     C_GATED = 7,    /* client: a Query the gate callback must allow, then as C_QUERY */
+    C_GATED_PARSE = 8, /* client: a Parse of the unnamed statement the gate callback must allow */
     PYTHON = 9,     /* Python must see the read */
 };
 
@@ -211,9 +217,13 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
         if (stop > r)
             return 0;
         unsigned char code = mask[b[pos]];
-        if (code == PYTHON || (code == S_READY && len != 5) || (code == C_GATED && (len < 5 || c->gate == NULL || c->gate == Py_None)))
+        if (code == PYTHON || (code == S_READY && len != 5))
             return 0;
-        gated |= code == C_GATED;
+        if (code == C_GATED || code == C_GATED_PARSE) {
+            if (len < 5 || c->gate == NULL || c->gate == Py_None)
+                return 0;
+            gated = 1;
+        }
         pos = stop;
     }
     if (pos != r)
@@ -224,8 +234,21 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     for (pos = 0; gated && pos < r;) {
         uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
                        ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
-        if (mask[b[pos]] == C_GATED) {
-            PyObject *sql = PyBytes_FromStringAndSize((const char *)b + pos + 5, (Py_ssize_t)len - 5);
+        unsigned char code = mask[b[pos]];
+        const unsigned char *sql_at = b + pos + 5;
+        Py_ssize_t sql_len = (Py_ssize_t)len - 5; /* a Query: its body but the final NUL */
+        if (code == C_GATED_PARSE) {
+            /* name NUL query NUL ...: only the unnamed statement (a named one
+             * is remembered by Python, for EXECUTE and Bind) */
+            const unsigned char *body = b + pos + 5, *end = b + pos + 1 + len;
+            const unsigned char *nul = body[0] == 0 ? memchr(body + 1, 0, (size_t)(end - body - 1)) : NULL;
+            if (nul == NULL)
+                return 0;
+            sql_at = body + 1;
+            sql_len = nul - sql_at;
+        }
+        if (code == C_GATED || code == C_GATED_PARSE) {
+            PyObject *sql = PyBytes_FromStringAndSize((const char *)sql_at, sql_len);
             if (sql == NULL) {
                 PyErr_Clear();
                 return 0;

@@ -51,16 +51,16 @@ _SPINS = 16
 # What a frame type means to the C path (the enum in _relaycore.c).
 _PASS, _PYTHON = 0, 9
 _C_CODES = {b"Q"[0]: 1, b"S"[0]: 2, b"E"[0]: 3, b"c"[0]: 4, b"f"[0]: 4}
-_C_GATED_QUERY = 7
+_C_GATED_QUERY, _C_GATED_PARSE = 7, 8
 _S_MASK = bytes(5 if t == b"Z"[0] else 6 if t == b"E"[0] else _PASS for t in range(256))
 _C_MASKS: dict[tuple[frozenset[int], frozenset[int], bool], bytes] = {}
-_Q = b"Q"[0]
+_Q, _P = b"Q"[0], b"P"[0]
 
 
 def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) -> bytes:
     """The C path's code for each client frame type: relayed as is, counted,
-    a Query for the gate callback, or (anything else the session watches)
-    handed to Python."""
+    a Query or Parse for the gate callback, or (anything else the session
+    watches) handed to Python."""
     key = (watch, count_only, gated)
     mask = _C_MASKS.get(key)
     if mask is None:
@@ -70,7 +70,11 @@ def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) 
                 return _PASS
             if t in count_only:
                 return _C_CODES[t]
-            return _C_GATED_QUERY if gated and t == _Q else _PYTHON
+            if gated and t == _Q:
+                return _C_GATED_QUERY
+            if gated and t == _P:
+                return _C_GATED_PARSE
+            return _PYTHON
 
         mask = _C_MASKS[key] = bytes(code(t) for t in range(256))
     return mask
