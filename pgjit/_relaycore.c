@@ -174,6 +174,13 @@ static PyTypeObject CoreType = {
     .tp_doc = "One relayed session's sockets, buffers and ReadyForQuery counters.",
 };
 
+/* The length word of the frame whose type byte is at p. */
+static inline uint32_t
+frame_len(const unsigned char *p)
+{
+    return ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
+}
+
 /* Relay one readable event if it qualifies. Returns 1 when fully handled,
  * 0 with *n and *sent set when Python must take over. */
 static int
@@ -209,8 +216,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     Py_ssize_t pos = 0;
     int gated = 0;
     while (r - pos >= 5) {
-        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
-                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        uint32_t len = frame_len(b + pos);
         if (len < 4 || (unsigned long long)len > max)
             return 0;
         Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
@@ -232,8 +238,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     /* Queries of a gated session: all must be allowed, or Python takes the
      * read (and decides again, so the callback must not have side effects). */
     for (pos = 0; gated && pos < r;) {
-        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
-                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        uint32_t len = frame_len(b + pos);
         unsigned char code = mask[b[pos]];
         const unsigned char *sql_at = b + pos + 5;
         Py_ssize_t sql_len = (Py_ssize_t)len - 5; /* a Query: its body but the final NUL */
@@ -273,8 +278,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     int last = -1;
     Py_ssize_t last_stop = 0;
     for (pos = 0; pos < r;) {
-        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
-                       ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        uint32_t len = frame_len(b + pos);
         Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
         switch (mask[b[pos]]) {
         case C_QUERY:
