@@ -5,8 +5,9 @@
  * Query/Sync/Execute frames only moves the ReadyForQuery count, and a server
  * read holding whole frames only moves that count and the transaction status.
  * For those, pump() does the work itself, with the same counters the Python
- * code uses (they live in the Core object), and never builds a Python object.
- * Everything else is handed back to Python untouched or with the bytes read:
+ * code uses (they live in the Core object), and builds no Python object but
+ * the SQL it hands to a gate callback (below). It returns None when no event
+ * was ready, else a list of what is left for Python, each entry one of:
  *
  *   (fd, events, -1, -1)  not read: Python handles the event as usual
  *   (fd, events,  n, -1)  n bytes read into the direction's buffer (0: EOF or
