@@ -397,6 +397,18 @@ PyInit__relaycore(void)
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL)
         return NULL;
+    /* The mask codes, for pgjit.reactor to build masks with. */
+    static const struct { const char *name; int value; } codes[] = {
+        {"PASS", PASS}, {"C_QUERY", C_QUERY}, {"C_SYNC", C_SYNC}, {"C_EXECUTE", C_EXECUTE},
+        {"C_COPY_END", C_COPY_END}, {"S_READY", S_READY}, {"S_ERROR", S_ERROR}, {"C_GATED", C_GATED},
+        {"C_GATED_PARSE", C_GATED_PARSE}, {"PYTHON", PYTHON},
+    };
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (PyModule_AddIntConstant(mod, codes[i].name, codes[i].value) < 0) {
+            Py_DECREF(mod);
+            return NULL;
+        }
+    }
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(mod, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(&CoreType);

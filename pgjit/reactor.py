@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from pgjit.session import RelayCounters
 from pgjit.transport import RECV_SIZE, SocketTransport
 
 try:  # the optional C hot path (setup.py); the Python below is the reference
@@ -48,11 +49,6 @@ _BATCH = 256
 # Polls in a row, while each finds events, before trio runs other tasks.
 _SPINS = 16
 
-# What a frame type means to the C path (the enum in _relaycore.c).
-_PASS, _PYTHON = 0, 9
-_C_CODES = {b"Q"[0]: 1, b"S"[0]: 2, b"E"[0]: 3, b"c"[0]: 4, b"f"[0]: 4}
-_C_GATED_QUERY, _C_GATED_PARSE = 7, 8
-_S_MASK = bytes(5 if t == b"Z"[0] else 6 if t == b"E"[0] else _PASS for t in range(256))
 _C_MASKS: dict[tuple[frozenset[int], frozenset[int], bool], bytes] = {}
 _Q, _P = b"Q"[0], b"P"[0]
 
@@ -64,20 +60,30 @@ def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) 
     key = (watch, count_only, gated)
     mask = _C_MASKS.get(key)
     if mask is None:
+        rc = _relaycore
+        counted = {b"Q"[0]: rc.C_QUERY, b"S"[0]: rc.C_SYNC, b"E"[0]: rc.C_EXECUTE,
+                   b"c"[0]: rc.C_COPY_END, b"f"[0]: rc.C_COPY_END}
 
         def code(t: int) -> int:
             if t not in watch:
-                return _PASS
+                return rc.PASS
             if t in count_only:
-                return _C_CODES[t]
+                return counted[t]
             if gated and t == _Q:
-                return _C_GATED_QUERY
+                return rc.C_GATED
             if gated and t == _P:
-                return _C_GATED_PARSE
-            return _PYTHON
+                return rc.C_GATED_PARSE
+            return rc.PYTHON
 
         mask = _C_MASKS[key] = bytes(code(t) for t in range(256))
     return mask
+
+
+def server_mask() -> bytes:
+    """The C path's code for each server frame type: only ReadyForQuery and
+    ErrorResponse mean anything to it."""
+    rc = _relaycore
+    return bytes(rc.S_READY if t == b"Z"[0] else rc.S_ERROR if t == b"E"[0] else rc.PASS for t in range(256))
 
 
 def c_core_enabled() -> bool:
@@ -110,13 +116,12 @@ class Relay:
             watch, count_only, max_size, backend_max = session.relay_profile()
             gated = session.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, self._cbuf, self._ubuf, client_mask(watch, count_only, gated),
-                                   _S_MASK, max_size, backend_max)
+                                   reactor.server_mask, max_size, backend_max)
             if gated:
                 core.gate = session.gate_allows
             old = session.ctr
-            core.rfq_sent, core.rfq_received = old.rfq_sent, old.rfq_received
-            core.syncs_since_execute, core.txn_status = old.syncs_since_execute, old.txn_status
-            core.last_was_error = old.last_was_error
+            for name in RelayCounters.__slots__:
+                setattr(core, name, getattr(old, name))
             session.ctr = core
             self.core = core
             self._sync()
@@ -304,6 +309,7 @@ class Reactor:
         self._relays: dict[int, Relay] = {}
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
         self.use_core = c_core_enabled() if use_core is None else use_core
+        self.server_mask = server_mask() if self.use_core else b""
 
     def relay(self, session: "Session", client: SocketTransport, upstream: SocketTransport) -> Relay:
         return Relay(self, session, client, upstream)

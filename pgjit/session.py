@@ -131,14 +131,6 @@ class Session:
         ctr = self.ctr
         return ctr.rfq_sent == ctr.rfq_received and ctr.txn_status == b"I"
 
-    @property
-    def rfq_sent(self) -> int:
-        return self.ctr.rfq_sent
-
-    @property
-    def rfq_received(self) -> int:
-        return self.ctr.rfq_received
-
     def terminate(self, error: PgjitError) -> None:
         """End the session with ``error`` (e.g. 57P01 at shutdown)."""
         if self._terminate_error is None:
@@ -619,12 +611,7 @@ class Session:
             analysis, decision = self.gate.verdict(raw, self.groups, self.prepared)  # type: ignore[union-attr]
         except Exception:
             return False
-        if not decision.allowed or decision.shadow:
-            return False
-        for f in analysis.statements:
-            if f.kind in _PREPARED_KINDS:
-                return False
-        return True
+        return decision.allowed and not decision.shadow and not _changes_prepared(analysis)
 
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
@@ -648,7 +635,7 @@ class Session:
         if decision.shadow:
             log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
         if decision.allowed:
-            if parse_name or any(f.kind in _PREPARED_KINDS for f in analysis.statements):
+            if parse_name or _changes_prepared(analysis):
                 self._track_prepared(analysis, parse_name)
             return None
         rule = decision.rule or "default"
@@ -767,6 +754,12 @@ _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
 _PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+
+
+def _changes_prepared(analysis) -> bool:
+    """Does the statement create or drop prepared statements (PREPARE,
+    DEALLOCATE, DISCARD)? Then the session's map of them must follow."""
+    return any(f.kind in _PREPARED_KINDS for f in analysis.statements)
 
 
 class RelayCounters:

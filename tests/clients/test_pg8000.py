@@ -184,7 +184,7 @@ def test_idle_session_after_copy_does_not_hold_up_shutdown(make_gateway, direct,
     (Parse/Bind/Execute/Sync, then CopyData.../CopyDone/Sync). PostgreSQL
     ignores the first Sync in copy-in mode and answers both with ONE
     ReadyForQuery, so pgjit's per-session count of outstanding ReadyForQuery
-    (Session.rfq_sent vs rfq_received) stays off by one for the rest of the
+    (Session.ctr.rfq_sent vs rfq_received) stays off by one for the rest of the
     session: the idle session is never seen as idle, and SIGTERM waits the
     whole shutdown_grace instead of ending it at once. (See also
     test_psycopg.py::test_idle_session_after_copy_does_not_hold_up_shutdown.)"""
