@@ -29,6 +29,14 @@ Categories (policy files refer to them under ``match.dangerous``):
     functions that change state while looking like reads: sequences and NOTIFY.
 ``network``
     outbound network access from extensions (``pgsql-http``).
+``catalog_change``
+    renaming, moving or re-owning a function of the system catalog (or one in
+    this catalogue), or binding one to a new name: afterwards a harmless-looking
+    name would run it.
+
+System views that call such functions carry their categories
+(:data:`SYSTEM_VIEW_CATEGORIES`), and so does every extension function listed
+in :mod:`pgjit.policy.extensions`.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ CATALOGUE: Final[dict[str, tuple[str, ...]]] = {
         "pg_show_all_file_settings",
         "pg_hba_file_rules",
         "pg_ident_file_mappings",
+        "pg_config",
+        "pg_current_logfile",
         "lo_import",
         "lo_export",
     ),
@@ -137,6 +147,24 @@ CATALOGUE: Final[dict[str, tuple[str, ...]]] = {
         "http_delete",
         "http_head",
     ),
+}
+
+CATALOGUE["catalog_change"] = ()
+
+try:  # contrib and common extensions (a data module of its own)
+    from pgjit.policy.extensions import EXTENSION_FUNCTIONS as _EXT
+except ImportError:  # pragma: no cover - the module is part of the package
+    _EXT = {}
+for _category, _patterns in _EXT.items():
+    CATALOGUE[_category] = tuple(dict.fromkeys(CATALOGUE.get(_category, ()) + tuple(_patterns)))
+
+#: Views of pg_catalog that expose server files or configuration, with the
+#: categories of the functions behind them (PostgreSQL 15-18).
+SYSTEM_VIEW_CATEGORIES: Final[dict[str, frozenset[str]]] = {
+    "pg_hba_file_rules": frozenset({"file_access"}),
+    "pg_ident_file_mappings": frozenset({"file_access"}),
+    "pg_file_settings": frozenset({"file_access"}),
+    "pg_config": frozenset({"file_access"}),
 }
 
 CATEGORY_NAMES: Final[frozenset[str]] = frozenset(CATALOGUE)

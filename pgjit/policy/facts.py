@@ -46,7 +46,8 @@ try:  # orjson decodes libpg_query's JSON about twice as fast, if it is installe
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
-from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, categories_for
+from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, SYSTEM_VIEW_CATEGORIES, categories_for
+from pgjit.policy.encodings import encoding_is_modelled
 
 __all__ = [
     "KINDS",
@@ -68,13 +69,6 @@ MAX_BODY_DEPTH: Final = 8
 
 ROLE_SETTINGS: Final = frozenset({"role", "session_authorization"})
 
-# Client encodings whose multi-byte characters may contain the bytes of ``\`` or
-# ``'`` (PostgreSQL accepts them as client encodings only). Under them, or with
-# standard_conforming_strings off, the server would split a string into tokens
-# differently from pgjit's parser — so a change to either is a fact of its own.
-_UNSAFE_ENCODINGS: Final = frozenset(
-    ["sjis", "shiftjis", "shiftjis2004", "mskanji", "big5", "gbk", "uhc", "gb18030", "johab", "cp932", "cp936", "cp949", "cp950", "win932", "win936", "win949", "win950", "windows932", "windows936", "windows949", "windows950"]
-)
 _LEXER_SETTINGS: Final = frozenset({"standard_conforming_strings", "client_encoding", "backslash_quote"})
 
 
@@ -88,12 +82,19 @@ def _changes_lexer(name: str, value: str | None, has_value: bool) -> bool:
         return False
     if value is None:
         return True
-    v = value.strip().lower()
     if name == "standard_conforming_strings":
-        return v not in ("on", "true", "yes", "1", "t", "y")
+        return not _bool_is_on(value)
     if name == "client_encoding":
-        return v.replace("_", "").replace("-", "") in _UNSAFE_ENCODINGS
+        return not encoding_is_modelled(value)
     return False  # backslash_quote only matters when standard_conforming_strings is off
+
+
+def _bool_is_on(value: str) -> bool:
+    # PostgreSQL's parse_bool: on, true, yes, 1 and unique prefixes of true/yes.
+    v = value.strip().lower()
+    return v in ("on", "1") or (len(v) >= 1 and ("true".startswith(v) or "yes".startswith(v)))
+
+
 UNKNOWN: Final = "?"
 
 
@@ -137,6 +138,13 @@ class Facts:
     role_change: bool = False
     dynamic_sql: bool = False
     changes_lexer: bool = False  # standard_conforming_strings off / unsafe client_encoding
+    operators: frozenset[str] = frozenset()  # operator names used (resolved through the catalog)
+    casts: frozenset[str] = frozenset()  # type names cast to (user casts resolved through the catalog)
+    # Filled in from the upstream's catalog (pgjit.policy.resolve); empty without one.
+    altered_functions: tuple[str, ...] = ()  # functions renamed/moved/re-owned/changed
+    user_functions: frozenset[str] = frozenset()  # functions reached that are not the system's
+    calls_user_function: bool = False
+    security_definer: bool = False
     explain_analyze: bool = False
     executes_prepared: frozenset[str] = frozenset()
     prepares: str | None = None
@@ -504,12 +512,18 @@ def _names(items: Iterable[Any]) -> list[str]:
     return [(_sval(i) or "") for i in items]
 
 
+def _qualified(names: list[str]) -> list[str]:
+    """An object name without its database part (db.schema.name -> schema.name)."""
+    return names[-2:] if len(names) > 2 else names
+
+
 def _rv_name(rv: dict[str, Any], created: bool = False) -> str:
     rel = str(rv.get("relname", ""))
     schema = rv.get("schemaname")
     if schema:
-        catalog = rv.get("catalogname")
-        return f"{catalog}.{schema}.{rel}" if catalog else f"{schema}.{rel}"
+        # db.schema.rel: PostgreSQL accepts only the current database there,
+        # so the name is schema.rel.
+        return f"{schema}.{rel}"
     if created and rv.get("relpersistence") == "t":
         return "pg_temp." + rel
     return rel
@@ -523,7 +537,11 @@ class _Collector:
 
     __slots__ = (
         "bodies",
+        "casts",
         "changes_lexer",
+        "operators",
+        "pinned_names",
+        "altered_functions",
         "copies",
         "dangerous",
         "deallocates",
@@ -555,6 +573,12 @@ class _Collector:
         self.role_change = False
         self.dynamic_sql = False
         self.changes_lexer = False
+        self.operators: set[str] = set()
+        self.casts: set[str] = set()
+        # Setting names pinned by the WHERE clause of a SELECT over pg_settings
+        # (pg_dump's set_config(name, …) FROM pg_settings WHERE name = '…').
+        self.pinned_names: tuple[str, ...] | None = None
+        self.altered_functions: list[str] = []  # checked against the catalog
         self.explain_analyze = False
         self.executes_prepared: set[str] = set()
         self.prepares: str | None = None
@@ -622,36 +646,86 @@ class _Collector:
         if "schemaname" not in rv and rv.get("relname") in ctes:
             return  # a reference to a CTE, not a relation
         self.reads.add(_rv_name(rv))
+        cats = SYSTEM_VIEW_CATEGORIES.get(str(rv.get("relname", "")).lower())
+        if cats and rv.get("schemaname") in (None, "pg_catalog"):
+            self.dangerous |= cats
 
-    def funccall(self, fc: dict[str, Any], ctes: frozenset[str]) -> None:
-        names = _names(fc.get("funcname", ()))
+    def function_ref(self, names: list[str], bound: bool = False) -> str:
+        """A function reached by name: called, or bound to an operator, an
+        aggregate, a cast, a type, a trigger … (``bound``: its name is not
+        what will call it, so a call of set_config through it sets any setting)."""
+        names = _qualified(names)
         full = ".".join(names).lower()
         bare = names[-1].lower() if names else ""
         self.functions.add(full)
-        cats = categories_for(bare)
+        cats = categories_for(bare) | categories_for(full) if "." in full else categories_for(bare)
         if cats:
             self.dangerous |= cats
             if cats & DYNAMIC_CATEGORIES:
                 self.dynamic_sql = True
                 self.reads.add(UNKNOWN)
+                self.writes.add(UNKNOWN)
+        if bound and bare == "set_config":
+            self.settings.add(UNKNOWN)
+            self.role_change = True
+            self.changes_lexer = True
+            self.dangerous.add("server_control")
+        return bare
+
+    def funccall(self, fc: dict[str, Any], ctes: frozenset[str]) -> None:
+        bare = self.function_ref(_names(fc.get("funcname", ())))
         if bare == "set_config":
             args: list[Any] = fc.get("args") or []
             name = _sval(args[0]) if args else None
-            if name is None:
+            pinned = self.pinned_names
+            if name is None and pinned and args and _is_name_column(args[0]):
+                for pinned_name in pinned:
+                    self.set_config(pinned_name, args)
+            elif name is None:
                 self.settings.add(UNKNOWN)
                 self.role_change = True
                 self.changes_lexer = True
                 self.dangerous.add("server_control")
             else:
-                name = name.strip().lower()
-                self.settings.add(name)
-                if name in ROLE_SETTINGS:
-                    self.role_change = True
-                    self.dangerous.add("server_control")
-                value = _sval(args[1]) if len(args) > 1 else None
-                if _changes_lexer(name, value, True):
-                    self.changes_lexer = True
+                self.set_config(name, args)
         self.fields(fc, ctes, False, skip=("funcname",))
+
+    def set_config(self, name: str, args: list[Any]) -> None:
+        name = name.strip().lower()
+        self.settings.add(name)
+        if name in ROLE_SETTINGS:
+            self.role_change = True
+            self.dangerous.add("server_control")
+        value = _sval(args[1]) if len(args) > 1 else None
+        if _changes_lexer(name, value, True):
+            self.changes_lexer = True
+
+    def alter_function(self, names: list[str]) -> None:
+        """An existing function is renamed, moved, re-owned or changed: it
+        carries its facts, and one of the system's (or of the catalogue) is a
+        catalog change."""
+        names = _qualified(names)
+        bare = self.function_ref(names, bound=True)
+        if (len(names) == 2 and names[0].lower() in ("pg_catalog", "information_schema")) or categories_for(bare):
+            self.dangerous.add("catalog_change")
+        self.altered_functions.append(".".join(names).lower())
+
+    def setting_write(self, names: tuple[str, ...] | None, value: str | None) -> None:
+        """A write to pg_settings: a settings change (through its update rule)."""
+        if not names:
+            self.settings.add(UNKNOWN)
+            self.role_change = True
+            self.changes_lexer = True
+            self.dangerous.add("server_control")
+            return
+        for name in names:
+            name = name.lower()
+            self.settings.add(name)
+            if name in ROLE_SETTINGS:
+                self.role_change = True
+                self.dangerous.add("server_control")
+            if _changes_lexer(name, value, True):
+                self.changes_lexer = True
 
     def attribute_call(self, name: str | None) -> None:
         """A name that may be a function called in attribute notation (``(arg).f``).
@@ -669,6 +743,7 @@ class _Collector:
             if cats & DYNAMIC_CATEGORIES:
                 self.dynamic_sql = True
                 self.reads.add(UNKNOWN)
+                self.writes.add(UNKNOWN)
 
     # ---- statements ----------------------------------------------------------
 
@@ -755,6 +830,8 @@ class _Collector:
                 continue
             if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors", "dynquery"):
                 self.dynamic_sql = True
+                self.reads.add(UNKNOWN)
+                self.writes.add(UNKNOWN)
             if type(value) is dict or type(value) is list:
                 self.plwalk(value, what)
 
@@ -836,8 +913,27 @@ def _h_indirection(c: _Collector, body: dict[str, Any], ctes: frozenset[str], wr
     c.fields(body, ctes, write)
 
 
+def _h_aexpr(c: _Collector, body: dict[str, Any], ctes: frozenset[str], write: bool) -> None:
+    # An operator runs its function: the catalog resolves user-defined ones.
+    names = _qualified(_names(body.get("name", ())))
+    if names:
+        c.operators.add(".".join(names))
+    c.fields(body, ctes, write, skip=("name",))
+
+
+def _h_typecast(c: _Collector, body: dict[str, Any], ctes: frozenset[str], write: bool) -> None:
+    # A cast may run a user-defined cast function: the catalog resolves it.
+    tn = body.get("typeName") or {}
+    names = _qualified(_names(tn.get("names", ())))
+    if names:
+        c.casts.add(".".join(names).lower())
+    c.fields(body, ctes, write, skip=("typeName",))
+
+
 _NODE_HANDLERS: Final = {
     "RangeVar": _h_rangevar,
+    "A_Expr": _h_aexpr,
+    "TypeCast": _h_typecast,
     "ColumnRef": _h_columnref,
     "A_Indirection": _h_indirection,
     "FuncCall": _h_funccall,
@@ -849,6 +945,16 @@ _NODE_HANDLERS: Final = {
 
 
 def _s_select(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    saved = c.pinned_names
+    if any(_is_pg_settings(item) for item in body.get("fromClause", ())):
+        c.pinned_names = _pinned_names(body.get("whereClause"))
+    try:
+        _s_select_body(c, body, ctes, kind)
+    finally:
+        c.pinned_names = saved
+
+
+def _s_select_body(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
     into = body.get("intoClause")
     if into:
         rel = into.get("rel")
@@ -868,22 +974,168 @@ def _s_select(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: s
 
 def _s_dml(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
     rel = body.get("relation")
+    aliases = {"", "*"}
     if rel:
         c.writes.add(_rv_name(rel, created=True))
-    if kind in ("update", "delete") and not body.get("whereClause"):
+        aliases |= {str(rel.get("relname", ""))}
+        alias = (rel.get("alias") or {}).get("aliasname")
+        if alias:
+            aliases.add(str(alias))
+        if _is_pg_settings({"RangeVar": rel}):
+            # pg_settings' update rule calls set_config(name, setting).
+            value = None
+            for item in body.get("targetList", ()):
+                rt = item.get("ResTarget", {})
+                if rt.get("name") == "setting":
+                    value = _sval(rt.get("val"))
+            c.setting_write(_pinned_names(body.get("whereClause")), value)
+    if kind in ("update", "delete") and not _bounded(body.get("whereClause"), aliases):
         c.write_without_where = True
+    if kind == "insert":
+        occ = body.get("onConflictClause") or {}
+        if occ.get("action") == "ONCONFLICT_UPDATE":
+            c.kinds.add("update")
+            select = (body.get("selectStmt") or {}).get("SelectStmt") or {}
+            # INSERT … SELECT … ON CONFLICT DO UPDATE updates every row the
+            # query finds: unbounded unless the conflict action has a WHERE.
+            if select and "valuesLists" not in select and not _bounded(occ.get("whereClause"), aliases | {"excluded"}):
+                c.write_without_where = True
     c.fields(body, ctes, False, skip=("withClause", "relation"))
+
+
+def _is_pg_settings(item: Any) -> bool:
+    rv = item.get("RangeVar") if type(item) is dict else None
+    return bool(rv) and rv.get("relname") == "pg_settings" and rv.get("schemaname") in (None, "pg_catalog")
+
+
+def _is_name_column(node: Any) -> bool:
+    cr = node.get("ColumnRef") if type(node) is dict else None
+    if not cr:
+        return False
+    fields = cr.get("fields", ())
+    return bool(fields) and _sval(fields[-1]) == "name"
+
+
+def _pinned_names(where: Any) -> tuple[str, ...] | None:
+    """Setting names a WHERE clause over pg_settings pins: a top-level
+    ``name = 'x'`` or ``name IN ('x', 'y')`` conjunct; None if none does."""
+    if type(where) is not dict:
+        return None
+    be = where.get("BoolExpr")
+    if be and be.get("boolop") == "AND_EXPR":
+        for arg in be.get("args", ()):
+            found = _pinned_names(arg)
+            if found:
+                return found
+        return None
+    ae = where.get("A_Expr")
+    if not ae:
+        return None
+    op = _names(ae.get("name", ()))
+    lhs, rhs = ae.get("lexpr"), ae.get("rexpr")
+    if ae.get("kind") == "AEXPR_OP" and op == ["="]:
+        if _is_name_column(rhs):
+            lhs, rhs = rhs, lhs
+        if _is_name_column(lhs):
+            value = _sval(rhs)
+            return (value.strip(),) if value is not None else None
+    if ae.get("kind") == "AEXPR_IN" and op == ["="] and _is_name_column(lhs) and type(rhs) is dict:
+        values = [_sval(v) for v in rhs.get("List", {}).get("items", ())]
+        if values and all(v is not None for v in values):
+            return tuple(v.strip() for v in values if v is not None)
+    return None
+
+
+# ---- bounded conditions ---------------------------------------------------------
+
+
+def _column_refs(node: Any, aliases: set[str], in_sublink: bool = False) -> bool:
+    """Does ``node`` refer to a column of the written table? Outside a
+    subquery any column reference counts; inside one, only a reference
+    qualified with the table's name or alias (a correlation)."""
+    t = type(node)
+    if t is list:
+        return any(_column_refs(i, aliases, in_sublink) for i in node)
+    if t is not dict:
+        return False
+    cr = node.get("ColumnRef")
+    if cr is not None:
+        fields = cr.get("fields", ())
+        if not in_sublink:
+            return True
+        return len(fields) >= 2 and (_sval(fields[-2]) or "") in aliases
+    if "CurrentOfExpr" in node:
+        return True
+    for key, value in node.items():
+        if key == "SubLink":
+            if _column_refs(value.get("testexpr"), aliases, in_sublink):
+                return True
+            if _column_refs(value.get("subselect"), aliases, True):
+                return True
+        elif type(value) is dict or type(value) is list:
+            if _column_refs(value, aliases, in_sublink):
+                return True
+    return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    strip = lambda n: _strip_locations(n)  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _strip_locations(node: Any) -> Any:
+    if type(node) is dict:
+        return {k: _strip_locations(v) for k, v in node.items() if k != "location"}
+    if type(node) is list:
+        return [_strip_locations(v) for v in node]
+    return node
+
+
+def _bounded(where: Any, aliases: set[str]) -> bool:
+    """Is a write's condition a bound on the table's rows? A condition that
+    refers to none of its columns (``true``, ``1 = 1``, ``NOT false``,
+    ``EXISTS (SELECT 1)``) is the same for every row, so the write takes all
+    of them or none; so is an OR with such an arm and ``x = x``."""
+    if type(where) is not dict:
+        return False
+    be = where.get("BoolExpr")
+    if be is not None:
+        args = be.get("args", ())
+        if be.get("boolop") == "AND_EXPR":
+            return any(_bounded(a, aliases) for a in args)
+        if be.get("boolop") == "OR_EXPR":
+            return all(_bounded(a, aliases) for a in args)
+        return _column_refs(args, aliases)  # NOT
+    ae = where.get("A_Expr")
+    if ae is not None and ae.get("kind") == "AEXPR_OP" and _same(ae.get("lexpr"), ae.get("rexpr")):
+        return False  # x = x, x <= x, …
+    return _column_refs(where, aliases)
 
 
 _MERGE_KINDS: Final = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
 
 
 def _s_merge(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    rel = body.get("relation") or {}
+    aliases = {str(rel.get("relname", ""))}
+    alias = (rel.get("alias") or {}).get("aliasname")
+    if alias:
+        aliases.add(str(alias))
+    on_bounded = _bounded(body.get("joinCondition"), aliases)
     for clause in body.get("mergeWhenClauses", ()):
-        command = clause.get("MergeWhenClause", {}).get("commandType")
+        when = clause.get("MergeWhenClause", {})
+        command = when.get("commandType")
         if command in _MERGE_KINDS:
             c.kinds.add(_MERGE_KINDS[command])
-    _s_dml(c, body, ctes, kind)
+        if command in ("CMD_UPDATE", "CMD_DELETE"):
+            # WHEN NOT MATCHED BY SOURCE takes target rows the ON condition does not bound.
+            by_source = when.get("matchKind") == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE"
+            if (by_source or not on_bounded) and not _bounded(when.get("condition"), aliases):
+                c.write_without_where = True
+    rel_node = body.get("relation")
+    if rel_node:
+        c.writes.add(_rv_name(rel_node, created=True))
+    c.fields(body, ctes, False, skip=("withClause", "relation"))
 
 
 def _s_copy(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
@@ -1019,23 +1271,115 @@ def _s_create_function(
 def _s_trigger(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
     funcname = body.get("funcname")
     if funcname:
-        names = _names(funcname)
-        full = ".".join(names).lower()
-        c.functions.add(full)
-        cats = categories_for(names[-1].lower())
-        if cats:
-            c.dangerous |= cats
+        c.function_ref(_names(funcname), bound=True)
     c.fields(body, ctes, True, skip=("funcname",))
 
 
 def _s_drop(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
-    if body.get("removeType") in _RELATION_DROPS:
+    remove = body.get("removeType")
+    if remove in _RELATION_DROPS:
         for obj in body.get("objects", ()):
             items = obj.get("List", {}).get("items", ()) if type(obj) is dict else ()
-            names = _names(items)
+            names = _qualified(_names(items))
             if names:
                 c.writes.add(".".join(names))
+    elif remove == "OBJECT_SCHEMA":
+        for obj in body.get("objects", ()):
+            name = _sval(obj)
+            if name is not None:
+                c.writes.add(name + ".*")
+    elif remove in _FUNCTION_OBJECTS:
+        for obj in body.get("objects", ()):
+            owa = obj.get("ObjectWithArgs") if type(obj) is dict else None
+            if owa:
+                c.alter_function(_names(owa.get("objname", ())))
     c.fields(body, ctes, True, skip=("objects",))
+
+
+_FUNCTION_OBJECTS: Final = frozenset(
+    {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE"}
+)
+
+# DefineStmt / ALTER OPERATOR / CREATE TYPE … AS RANGE options naming a function.
+_FUNCTION_SLOTS: Final = frozenset(
+    {
+        "function", "procedure", "restrict", "join",  # operators
+        "sfunc", "finalfunc", "combinefunc", "serialfunc", "deserialfunc",  # aggregates
+        "msfunc", "minvfunc", "mfinalfunc",
+        "input", "output", "receive", "send", "typmod_in", "typmod_out", "analyze",  # types
+        "subscript", "canonical", "subtype_diff",
+        "start", "gettoken", "end", "lextypes", "headline", "init", "lexize",  # text search
+        "handler", "validator", "inline",  # languages, foreign-data wrappers
+    }
+)
+
+
+def _slot_names(arg: Any) -> list[str] | None:
+    if type(arg) is not dict:
+        return None
+    if "TypeName" in arg:
+        return _names(arg["TypeName"].get("names", ()))
+    if "List" in arg:
+        return _names(arg["List"].get("items", ()))
+    if "String" in arg:
+        return [_sval(arg) or ""]
+    if "ObjectWithArgs" in arg:
+        return _names(arg["ObjectWithArgs"].get("objname", ()))
+    return None
+
+
+def _s_binds(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    """Statements that bind a function to a new name (an operator, aggregate,
+    cast, type, transform, conversion, language, wrapper, access method,
+    operator class): the binding carries the function's facts."""
+    for key in ("definition", "options", "params", "func_options"):
+        for item in body.get(key, ()) or ():
+            de = item.get("DefElem") if type(item) is dict else None
+            if de and de.get("defname", "").lower() in _FUNCTION_SLOTS:
+                names = _slot_names(de.get("arg"))
+                if names:
+                    c.function_ref(names, bound=True)
+    for key in ("func", "fromsql", "tosql"):  # CREATE CAST, CREATE TRANSFORM
+        owa = body.get(key)
+        if type(owa) is dict and owa.get("objname"):
+            c.function_ref(_names(owa["objname"]), bound=True)
+    for key in ("func_name", "handler_name", "plhandler", "plinline", "plvalidator"):
+        names = body.get(key)
+        if type(names) is list and names:
+            c.function_ref(_names(names), bound=True)
+    for item in body.get("items", ()) or ():  # CREATE OPERATOR CLASS … FUNCTION n f(…)
+        op = item.get("CreateOpClassItem") if type(item) is dict else None
+        if op and op.get("itemtype") == 2 and op.get("name"):
+            c.function_ref(_names(op["name"].get("objname", ())), bound=True)
+        elif op and op.get("itemtype") == 1 and op.get("name"):
+            c.operators.add(".".join(_qualified(_names(op["name"].get("objname", ())))))
+    target = body.get("targettype")
+    if type(target) is dict and target.get("names"):
+        c.casts.add(".".join(_qualified(_names(target["names"]))).lower())
+    c.fields(body, ctes, kind not in _READ_KINDS)
+
+
+def _s_alter_object(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    """RENAME / SET SCHEMA / OWNER TO / ALTER FUNCTION: of a function, it
+    carries the function's facts (and of a system one, is a catalog change);
+    of a schema, it moves every relation in it."""
+    objtype = body.get("renameType") or body.get("objectType") or body.get("objtype")
+    obj = body.get("object") or body.get("func")
+    if objtype in _FUNCTION_OBJECTS or (objtype is None and type(obj) is dict and "objname" in obj):
+        owa = obj.get("ObjectWithArgs", obj) if type(obj) is dict else None
+        if owa and owa.get("objname"):
+            c.alter_function(_names(owa["objname"]))
+    elif objtype == "OBJECT_SCHEMA":
+        name = body.get("subname") or _sval(obj)
+        if name:
+            c.writes.add(str(name) + ".*")
+    elif objtype == "OBJECT_OPERATOR" and type(obj) is dict:
+        owa = obj.get("ObjectWithArgs")
+        if owa:
+            c.operators.add(".".join(_qualified(_names(owa.get("objname", ())))))
+    if body.get("relation"):
+        c.writes.add(_rv_name(body["relation"]))
+    c.fields(body, ctes, kind not in _READ_KINDS, skip=("relation",))
 
 
 _STMT_HANDLERS: Final = {
@@ -1055,6 +1399,25 @@ _STMT_HANDLERS: Final = {
     "CreateTrigStmt": _s_trigger,
     "CreateEventTrigStmt": _s_trigger,
     "DropStmt": _s_drop,
+    "DefineStmt": _s_binds,
+    "AlterOperatorStmt": _s_binds,
+    "CreateRangeStmt": _s_binds,
+    "CreateCastStmt": _s_binds,
+    "CreateTransformStmt": _s_binds,
+    "CreateConversionStmt": _s_binds,
+    "CreatePLangStmt": _s_binds,
+    "CreateFdwStmt": _s_binds,
+    "AlterFdwStmt": _s_binds,
+    "CreateAmStmt": _s_binds,
+    "CreateOpClassStmt": _s_binds,
+    "AlterOpFamilyStmt": _s_binds,
+    "RenameStmt": _s_alter_object,
+    "AlterObjectSchemaStmt": _s_alter_object,
+    "AlterOwnerStmt": _s_alter_object,
+    "AlterFunctionStmt": _s_alter_object,
+    "AlterObjectDependsStmt": _s_alter_object,
+    "DropOwnedStmt": lambda c, body, ctes, kind: c.writes.add(UNKNOWN),
+    "ReassignOwnedStmt": lambda c, body, ctes, kind: c.writes.add(UNKNOWN),
 }
 
 
@@ -1116,6 +1479,9 @@ def analyze_uncached(sql: str) -> Analysis:
                 role_change=c.role_change,
                 dynamic_sql=c.dynamic_sql,
                 changes_lexer=c.changes_lexer,
+                operators=frozenset(c.operators),
+                casts=frozenset(c.casts),
+                altered_functions=tuple(c.altered_functions),
                 explain_analyze=c.explain_analyze,
                 executes_prepared=frozenset(c.executes_prepared),
                 prepares=c.prepares,
@@ -1164,31 +1530,26 @@ def benchmark(sql: str, repeat: int = 2000) -> tuple[float, float]:
     return miss, hit
 
 
+_KEEP_BASE: Final = frozenset({"kind", "prepares", "deallocates", "text", "location"})
+
+
 def merge_facts(base: Facts, extra: Facts) -> Facts:
-    """Fold ``extra`` (e.g. the statement a PREPARE defined) into ``base``."""
-    return Facts(
-        kind=base.kind,
-        kinds=base.kinds | extra.kinds,
-        reads=base.reads | extra.reads,
-        writes=base.writes | extra.writes,
-        functions=base.functions | extra.functions,
-        settings=base.settings | extra.settings,
-        dangerous=base.dangerous | extra.dangerous,
-        write_without_where=base.write_without_where or extra.write_without_where,
-        role_change=base.role_change or extra.role_change,
-        dynamic_sql=base.dynamic_sql or extra.dynamic_sql,
-        changes_lexer=base.changes_lexer or extra.changes_lexer,
-        explain_analyze=base.explain_analyze or extra.explain_analyze,
-        executes_prepared=base.executes_prepared | extra.executes_prepared,
-        prepares=base.prepares,
-        deallocates=base.deallocates,
-        copies=base.copies + extra.copies,
-        copy_program=base.copy_program or extra.copy_program,
-        copy_file=base.copy_file or extra.copy_file,
-        bodies=base.bodies + extra.bodies,
-        unknown_body=base.unknown_body or extra.unknown_body,
-        unknown_reasons=base.unknown_reasons + extra.unknown_reasons,
-        text=base.text,
-        location=base.location,
-        literal_sensitive=base.literal_sensitive or extra.literal_sensitive,
-    )
+    """Fold ``extra`` (e.g. the statement a PREPARE defined) into ``base``:
+    sets are united, flags or-ed, tuples concatenated; the statement's own
+    kind, text and prepared-statement name stay ``base``'s."""
+    values: dict[str, Any] = {}
+    for name in Facts.__dataclass_fields__:
+        a = getattr(base, name)
+        if name in _KEEP_BASE:
+            values[name] = a
+            continue
+        b = getattr(extra, name)
+        if isinstance(a, frozenset):
+            values[name] = a | b
+        elif isinstance(a, bool):
+            values[name] = a or b
+        elif isinstance(a, tuple):
+            values[name] = a + b
+        else:
+            values[name] = a
+    return Facts(**values)
