@@ -152,11 +152,21 @@ CATALOGUE: Final[dict[str, tuple[str, ...]]] = {
 CATALOGUE["catalog_change"] = ()
 
 try:  # contrib and common extensions (a data module of its own)
-    from pgjit.policy.extensions import EXTENSION_FUNCTIONS as _EXT
+    from pgjit.policy.extensions import EXTENSION_FUNCTIONS as _EXT, EXTENSION_OPTIONS, EXTENSION_QUALIFIED as _EXTQ
 except ImportError:  # pragma: no cover - the module is part of the package
-    _EXT = {}
-for _category, _patterns in _EXT.items():
-    CATALOGUE[_category] = tuple(dict.fromkeys(CATALOGUE.get(_category, ()) + tuple(_patterns)))
+    _EXT, _EXTQ, EXTENSION_OPTIONS = {}, {}, {}
+# Qualified entries (cron.schedule) match a call written with the schema; the
+# classifier looks a qualified call up under both its names.
+for _source in (_EXT, _EXTQ):
+    for _category, _patterns in _source.items():
+        CATALOGUE[_category] = tuple(dict.fromkeys(CATALOGUE.get(_category, ()) + tuple(_patterns)))
+
+#: Options of foreign servers, tables and user mappings that reach files,
+#: programs or the network, whatever the wrapper: option name -> categories.
+FOREIGN_OPTION_CATEGORIES: Final[dict[str, frozenset[str]]] = {}
+for _options in EXTENSION_OPTIONS.values():
+    for _name, _category in _options.items():
+        FOREIGN_OPTION_CATEGORIES[_name.lower()] = FOREIGN_OPTION_CATEGORIES.get(_name.lower(), frozenset()) | {_category}
 
 #: Views of pg_catalog that expose server files or configuration, with the
 #: categories of the functions behind them (PostgreSQL 15-18).

@@ -46,7 +46,12 @@ try:  # orjson decodes libpg_query's JSON about twice as fast, if it is installe
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
-from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, SYSTEM_VIEW_CATEGORIES, categories_for
+from pgjit.policy.catalogue import (
+    DYNAMIC_CATEGORIES,
+    FOREIGN_OPTION_CATEGORIES,
+    SYSTEM_VIEW_CATEGORIES,
+    categories_for,
+)
 from pgjit.policy.encodings import encoding_is_modelled
 
 __all__ = [
@@ -1359,6 +1364,39 @@ def _s_binds(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: st
     c.fields(body, ctes, kind not in _READ_KINDS)
 
 
+def _s_foreign(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    """Foreign servers, tables and user mappings (and ALTER FOREIGN TABLE …
+    OPTIONS): options such as file_fdw's filename/program reach the server's
+    files, programs or the network."""
+    _foreign_options(c, body)
+    base = body.get("base")  # CREATE FOREIGN TABLE wraps a CreateStmt
+    if type(base) is dict:
+        rel = base.get("relation")
+        if rel:
+            c.writes.add(_rv_name(rel, created=True))
+    c.fields(body, ctes, kind not in _READ_KINDS)
+
+
+def _foreign_options(c: _Collector, node: Any) -> None:
+    if type(node) is list:
+        for item in node:
+            _foreign_options(c, item)
+        return
+    if type(node) is not dict:
+        return
+    de = node.get("DefElem")
+    if de is not None:
+        cats = FOREIGN_OPTION_CATEGORIES.get(str(de.get("defname", "")).lower())
+        if cats:
+            c.dangerous |= cats
+            if de.get("defname", "").lower() == "program":
+                c.copies.append(CopyInfo("from", None, False, True, False, _sval(de.get("arg"))))
+        return
+    for value in node.values():
+        if type(value) is dict or type(value) is list:
+            _foreign_options(c, value)
+
+
 def _s_alter_object(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
     """RENAME / SET SCHEMA / OWNER TO / ALTER FUNCTION: of a function, it
     carries the function's facts (and of a system one, is a catalog change);
@@ -1411,6 +1449,12 @@ _STMT_HANDLERS: Final = {
     "CreateAmStmt": _s_binds,
     "CreateOpClassStmt": _s_binds,
     "AlterOpFamilyStmt": _s_binds,
+    "CreateForeignTableStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
+    "CreateForeignServerStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
+    "AlterForeignServerStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
+    "CreateUserMappingStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
+    "AlterUserMappingStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
+    "AlterTableStmt": lambda c, body, ctes, kind: _s_foreign(c, body, ctes, kind),
     "RenameStmt": _s_alter_object,
     "AlterObjectSchemaStmt": _s_alter_object,
     "AlterOwnerStmt": _s_alter_object,

@@ -74,7 +74,7 @@ RULE_LEXER_CHANGE: Final = "pgjit:lexer-change"
 DEFAULT_JIT_LIFETIME: Final = 3600
 DEFAULT_MAX_SESSION: Final = 8 * 3600
 
-LIST_KEYS: Final = ("kind", "reads", "writes", "relations", "functions", "settings", "dangerous")
+LIST_KEYS: Final = ("kind", "reads", "writes", "relations", "functions", "user_functions", "settings", "dangerous")
 BOOL_KEYS: Final = (
     "write_without_where",
     "role_change",
@@ -82,6 +82,8 @@ BOOL_KEYS: Final = (
     "copy_program",
     "copy_file",
     "explain_analyze",
+    "calls_user_function",
+    "security_definer",
 )
 
 
@@ -142,8 +144,18 @@ def parse_duration(value: int | str) -> int:
 
 
 def _relation_forms(name: str) -> tuple[str, ...]:
-    # Unqualified relation names count as public.<name> and as the bare name.
+    # Covering (allow rules): an unqualified relation name counts as
+    # public.<name> and as the bare name.
     return (name,) if "." in name else (name, "public." + name)
+
+
+def _relation_touch_forms(name: str) -> tuple[str, ...]:
+    # Touching (deny, approval, audit rules): every name the relation may
+    # have. A qualified one also counts under its bare name; an unqualified
+    # one as public.<name> and pg_catalog.<name> (search_path may lead to either).
+    if "." in name:
+        return (name, name.rsplit(".", 1)[1])
+    return (name, "public." + name, "pg_catalog." + name)
 
 
 def _function_forms(name: str) -> tuple[str, ...]:
@@ -163,9 +175,13 @@ _FORMS: Final = {
     "writes": _relation_forms,
     "relations": _relation_forms,
     "functions": _function_forms,
+    "user_functions": _function_forms,
     "settings": _plain_forms,
     "dangerous": _plain_forms,
 }
+_TOUCH_FORMS: Final = {**_FORMS, "reads": _relation_touch_forms, "writes": _relation_touch_forms,
+                       "relations": _relation_touch_forms}
+_RELATION_KEYS: Final = frozenset({"reads", "writes", "relations"})
 
 
 def _facts_values(facts: Facts, key: str) -> frozenset[str]:
@@ -185,12 +201,29 @@ class _Globs:
     patterns: tuple[str, ...]
     regex: re.Pattern[str]
     memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    touch_memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, key: str, patterns: Iterable[str]) -> _Globs:
         pats = tuple(patterns)
         rx = re.compile("|".join(f"(?:{translate(p)})" for p in pats), re.IGNORECASE)
         return cls(key, pats, rx)
+
+    def touches(self, value: str) -> bool:
+        """Might ``value`` be one of the names the globs match? For relations,
+        the unknown relation ``?`` (dynamic SQL, a function acting on a table
+        named in a string) may be any, and ``schema.*`` (a schema renamed or
+        dropped) any relation of that schema."""
+        found = self.touch_memo.get(value)
+        if found is None:
+            if self.key in _RELATION_KEYS and (value == "?" or value.endswith(".*")):
+                found = value == "?" or any(_schema_may_hold(p, value[:-2]) for p in self.patterns)
+            else:
+                match = self.regex.match
+                found = any(match(form) is not None for form in _TOUCH_FORMS[self.key](value))
+            if len(self.touch_memo) < 4096:
+                self.touch_memo[value] = found
+        return found
 
     def hit(self, value: str) -> bool:
         found = self.memo.get(value)
@@ -200,6 +233,14 @@ class _Globs:
             if len(self.memo) < 4096:
                 self.memo[value] = found
         return found
+
+
+def _schema_may_hold(pattern: str, schema: str) -> bool:
+    """Can a relation glob match a relation of ``schema``? A glob without a
+    schema part names a relation in any schema."""
+    if "." not in pattern:
+        return True
+    return fnmatchcase(schema.lower(), pattern.rsplit(".", 1)[0].lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +265,7 @@ class Match:
             if bool(getattr(facts, key)) is not value:
                 return False
         for key, globs in self.globs:
-            hit = globs.hit
+            hit = globs.hit if covering else globs.touches
             if covering:
                 for v in _facts_values(facts, key):
                     if not hit(v):
@@ -244,6 +285,7 @@ class Rule:
     action: str
     groups: tuple[str, ...] = ("*",)
     match: Match = Match()
+    unless: Match | None = None  # the rule does not apply when this covers the statement
     message: str | None = None
     hint: str | None = None
     line: int = 0
@@ -391,9 +433,22 @@ class Policy:
             return self.decide_facts(statements[0], rules, prepared, 0)
         if not statements:
             return Decision("allow", None, "empty query", statement_index=None)
-        decisions = tuple(
-            self.decide_facts(facts, rules, prepared, index) for index, facts in enumerate(statements)
-        )
+        # A PREPARE earlier in the same string is there for a later EXECUTE.
+        local: dict[str, Analysis | Facts] | None = None
+        out: list[Decision] = []
+        for index, facts in enumerate(statements):
+            if facts.executes_prepared and local is not None:
+                out.append(self.decide_facts(facts, rules, {**(prepared or {}), **local}, index))
+            else:
+                out.append(self.decide_facts(facts, rules, prepared, index))
+            if facts.prepares:
+                local = {} if local is None else local
+                local[facts.prepares] = facts
+            elif (facts.deallocates == "*" or facts.kind == "discard") and local is not None:
+                local.clear()
+            elif facts.deallocates and local is not None:
+                local.pop(facts.deallocates, None)
+        decisions = tuple(out)
         worst = decisions[0]
         shadow: list[str] = []
         for d in decisions:
@@ -465,7 +520,9 @@ class Policy:
             )
         shadow: list[str] = []
         for rule in rules:
-            if rule.match.matches(facts, rule.action == "allow"):
+            if rule.match.matches(facts, rule.action == "allow") and not (
+                rule.unless is not None and rule.unless.matches(facts, True)
+            ):
                 if rule.action == "audit":
                     shadow.append(rule.name)
                     continue
@@ -722,6 +779,23 @@ def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
+def _build_match(match_raw: dict[str, Any], path: Path_, marks: _Marks, problems: list[Problem]) -> Match:
+    globs: list[tuple[str, _Globs]] = []
+    for key in LIST_KEYS:
+        if key not in match_raw:
+            continue
+        patterns = _globs(match_raw[key])
+        for j, pattern in enumerate(patterns):
+            where = path + (key,) + ((j,) if isinstance(match_raw[key], list) else ())
+            if key == "kind" and not _is_glob(pattern) and pattern.lower() not in KINDS:
+                problems.append(marks.problem(where, f"unknown statement kind {pattern!r}"))
+            if key == "dangerous" and pattern != "*" and pattern not in CATEGORY_NAMES:
+                problems.append(marks.problem(where, f"unknown dangerous category {pattern!r}"))
+        globs.append((key, _Globs.of(key, patterns)))
+    flags = tuple((key, bool(match_raw[key])) for key in BOOL_KEYS if key in match_raw)
+    return Match(tuple(globs), flags)
+
+
 def _build(data: Any, marks: _Marks, filename: str) -> Policy:
     problems = _schema_problems(data, marks)
     if problems:
@@ -736,26 +810,17 @@ def _build(data: Any, marks: _Marks, filename: str) -> Policy:
         if name in seen:
             problems.append(marks.problem(path + ("name",), f"duplicate rule name {name!r} (first at rules[{seen[name]}])"))
         seen.setdefault(name, i)
-        match_raw = raw.get("match") or {}
-        globs: list[tuple[str, _Globs]] = []
-        for key in LIST_KEYS:
-            if key not in match_raw:
-                continue
-            patterns = _globs(match_raw[key])
-            for j, pattern in enumerate(patterns):
-                where = path + ("match", key) + ((j,) if isinstance(match_raw[key], list) else ())
-                if key == "kind" and not _is_glob(pattern) and pattern.lower() not in KINDS:
-                    problems.append(marks.problem(where, f"unknown statement kind {pattern!r}"))
-                if key == "dangerous" and pattern != "*" and pattern not in CATEGORY_NAMES:
-                    problems.append(marks.problem(where, f"unknown dangerous category {pattern!r}"))
-            globs.append((key, _Globs.of(key, patterns)))
-        flags = tuple((key, bool(match_raw[key])) for key in BOOL_KEYS if key in match_raw)
+        match = _build_match(raw.get("match") or {}, path + ("match",), marks, problems)
+        unless = None
+        if "unless" in raw:
+            unless = _build_match(raw.get("unless") or {}, path + ("unless",), marks, problems)
         rules.append(
             Rule(
                 name=name,
                 action=raw["action"],
                 groups=tuple(raw.get("groups", ["*"])),
-                match=Match(tuple(globs), flags),
+                match=match,
+                unless=unless,
                 message=raw.get("message"),
                 hint=raw.get("hint"),
                 line=marks.line(path),
