@@ -25,6 +25,7 @@ from pgjit.config import Config, TargetConfig
 from pgjit.errors import AdminShutdown
 from pgjit.jit.admin import AdminConnection
 from pgjit.jit.broker import JitBroker
+from pgjit.catalogkeeper import CatalogKeeper
 from pgjit.policy.gate import Gate
 from pgjit.protocol import messages as m
 from pgjit.reactor import Reactor
@@ -83,8 +84,20 @@ class Gateway:
         # One statement gate per target with a policy; shared by its sessions
         # so that their caches warm each other.
         self.gates = {t.name: Gate(t.policy) for t in config.targets.values() if t.policy is not None}
+        # Each gate decides with a snapshot of its target's catalog.
+        self.catalogs: dict[str, CatalogKeeper] = {
+            name: CatalogKeeper(config.targets[name], gate, self._catalog_connect(config.targets[name]))
+            for name, gate in self.gates.items()
+        }
         # Relays plain-TCP sessions (TLS sessions use a task per direction).
         self.reactor: Reactor | None = Reactor()
+
+    def _catalog_connect(self, t: TargetConfig):  # type: ignore[no-untyped-def]
+        return functools.partial(
+            AdminConnection.connect, t.host, t.port, t.database, t.user, t.password,
+            t.tls.mode, self._upstream_tls.get(t.name), t.tls.server_name,
+            parameters={"application_name": "pgjit:catalog"},
+        )
 
     # ----------------------------------------------------------- contexts
 
@@ -155,6 +168,8 @@ class Gateway:
                 background.start_soon(self.reactor.run)
             for broker in self.brokers.values():
                 background.start_soon(broker.run_sweeper)
+            for keeper in self.catalogs.values():
+                background.start_soon(keeper.run)
             if self.verifier is not None:
                 background.start_soon(self._refresh_jwks)
             async with trio.open_nursery() as session_nursery:

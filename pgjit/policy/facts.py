@@ -147,6 +147,7 @@ class Facts:
     casts: frozenset[str] = frozenset()  # type names cast to (user casts resolved through the catalog)
     # Filled in from the upstream's catalog (pgjit.policy.resolve); empty without one.
     altered_functions: tuple[str, ...] = ()  # functions renamed/moved/re-owned/changed
+    created: tuple[str, ...] = ()  # functions ("f", "s.f") and operators ("operator ###") created
     user_functions: frozenset[str] = frozenset()  # functions reached that are not the system's
     calls_user_function: bool = False
     security_definer: bool = False
@@ -546,7 +547,9 @@ class _Collector:
         "changes_lexer",
         "operators",
         "pinned_names",
+        "security_definer",
         "altered_functions",
+        "created",
         "copies",
         "dangerous",
         "deallocates",
@@ -584,6 +587,8 @@ class _Collector:
         # (pg_dump's set_config(name, …) FROM pg_settings WHERE name = '…').
         self.pinned_names: tuple[str, ...] | None = None
         self.altered_functions: list[str] = []  # checked against the catalog
+        self.created: list[str] = []
+        self.security_definer = False
         self.explain_analyze = False
         self.executes_prepared: set[str] = set()
         self.prepares: str | None = None
@@ -1246,8 +1251,14 @@ def _s_do(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) 
 def _s_create_function(
     c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str
 ) -> None:
-    what = "function " + ".".join(_names(body.get("funcname", ())))
+    fname = _qualified(_names(body.get("funcname", ())))
+    what = "function " + ".".join(fname)
     opts = _defelems(body.get("options", ()))
+    if c.depth == 0 and c.stmt_depth == 1 and fname:
+        c.created.append(".".join(fname).lower())
+    sec = opts.get("security")
+    if type(sec) is dict and sec.get("Boolean", {}).get("boolval"):
+        c.security_definer = True
     if "sql_body" in body:
         # BEGIN ATOMIC … END / RETURN expr: already parsed, walked below.
         c.bodies.append("sql")
@@ -1337,6 +1348,9 @@ def _s_binds(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: st
     """Statements that bind a function to a new name (an operator, aggregate,
     cast, type, transform, conversion, language, wrapper, access method,
     operator class): the binding carries the function's facts."""
+    if c.depth == 0 and c.stmt_depth == 1 and body.get("kind") in ("OBJECT_OPERATOR", "OBJECT_AGGREGATE"):
+        name = ".".join(_qualified(_names(body.get("defnames", ())))).lower()
+        c.created.append(("operator " + name) if body.get("kind") == "OBJECT_OPERATOR" else name)
     for key in ("definition", "options", "params", "func_options"):
         for item in body.get(key, ()) or ():
             de = item.get("DefElem") if type(item) is dict else None
@@ -1526,6 +1540,8 @@ def analyze_uncached(sql: str) -> Analysis:
                 operators=frozenset(c.operators),
                 casts=frozenset(c.casts),
                 altered_functions=tuple(c.altered_functions),
+                created=tuple(c.created),
+                security_definer=c.security_definer,
                 explain_analyze=c.explain_analyze,
                 executes_prepared=frozenset(c.executes_prepared),
                 prepares=c.prepares,

@@ -30,8 +30,10 @@ from typing import Any, Iterable, Mapping
 
 import pglast.parser as _pg
 
+from pgjit.catalog import Catalog
 from pgjit.policy.facts import Analysis, Facts, analyze_uncached
 from pgjit.policy.model import Decision, Policy
+from pgjit.policy.resolve import Resolver
 
 # Statement kinds whose facts depend only on the parse tree's shape and names.
 _SHAPE_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
@@ -122,22 +124,50 @@ class Gate:
 
     def __init__(self, policy: Policy, cache_size: int = 8192) -> None:
         self.policy = policy
+        # What names mean on the upstream (pgjit.policy.resolve); None until
+        # the gateway has loaded the target's catalog (and for offline tools).
+        self.resolver: Resolver | None = None
         self._by_bytes = _Bounded(cache_size)  # (raw, groups) -> (analysis, decision)
         self._analyses = _Bounded(cache_size)  # fingerprint -> analysis
         self._fp_decisions = _Bounded(cache_size)  # (fingerprint, groups) -> decision
         self._by_shape = _Bounded(cache_size)  # (shape key, groups) -> (analysis, decision)
         self.hits = self.shape_hits = self.fingerprint_hits = self.misses = 0
 
+    def set_catalog(self, catalog: Catalog | None) -> None:
+        """Decide from now on with ``catalog`` (a fresh snapshot): every cached
+        decision was made with the old one, so the caches start over."""
+        self.resolver = Resolver(catalog) if catalog is not None else None
+        for cache in (self._by_bytes, self._analyses, self._fp_decisions, self._by_shape):
+            cache.clear()
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self.resolver.catalog if self.resolver is not None else None
+
+    def analyze(self, sql: str, overlay: Mapping[str, Facts] | None = None) -> Analysis:
+        """The facts of ``sql``, resolved through the catalog when there is one."""
+        analysis = analyze_uncached(sql)
+        if self.resolver is not None:
+            analysis = self.resolver.enrich(analysis, overlay)
+        return analysis
+
     def verdict(
         self,
         raw: bytes,
         groups: frozenset[str],
         prepared: Mapping[str, Analysis | Facts] | None = None,
+        overlay: Mapping[str, Facts] | None = None,
     ) -> tuple[Analysis, Decision]:
         """Facts and decision for the UTF-8 bytes of a SQL string.
 
+        ``overlay`` holds objects the session created itself that the catalog
+        may not show yet (then nothing is cached).
         Raises UnicodeDecodeError for bytes that are not UTF-8 and
         ParseFailure for SQL that does not parse (both: fail closed)."""
+        if overlay:
+            self.misses += 1
+            analysis = self.analyze(raw.decode("utf-8"), overlay)
+            return analysis, self.policy.decide(analysis, groups, prepared=prepared)
         key = (raw, groups)
         hit = self._by_bytes.get(key)
         if hit is not None:
@@ -171,7 +201,7 @@ class Gate:
                 self._by_bytes.put(key, (analysis, decision))
             return analysis, decision
         self.misses += 1
-        analysis = analyze_uncached(sql)
+        analysis = self.analyze(sql)
         decision = self.policy.decide(analysis, groups, prepared=prepared)
         if fp is not None and _fingerprint_safe(analysis):
             self._analyses.put(fp, analysis)
