@@ -300,7 +300,6 @@ _STATIC_KINDS: Final[dict[str, str]] = {
     "ListenStmt": "listen",
     "UnlistenStmt": "unlisten",
     "NotifyStmt": "notify",
-    "LockStmt": "lock",
     "DiscardStmt": "discard",
     "DeclareCursorStmt": "declare_cursor",
     "ClosePortalStmt": "close",
@@ -334,6 +333,8 @@ _DYNAMIC_KINDS: Final = frozenset(
     {
         "select",
         "select_into",
+        "lock",
+        "lock_access_share",
         "copy_from",
         "copy_to",
         "set",
@@ -369,6 +370,7 @@ KINDS: Final[frozenset[str]] = frozenset(_STATIC_KINDS.values()) | _DYNAMIC_KIND
 _READ_KINDS: Final = frozenset(
     {
         "select",
+        "lock_access_share",
         "explain",
         "prepare",
         "execute",
@@ -408,6 +410,10 @@ def _kind_of(tname: str, body: dict[str, Any]) -> str:
         return kind
     if tname == "SelectStmt":
         return "select_into" if "intoClause" in body else "select"
+    if tname == "LockStmt":
+        # ACCESS SHARE is the lock every SELECT takes (pg_dump takes it
+        # explicitly); any stronger mode blocks other sessions' writes.
+        return "lock_access_share" if body.get("mode") == 1 else "lock"
     if tname == "VariableSetStmt":
         return _set_kind(body)
     if tname == "TransactionStmt":
