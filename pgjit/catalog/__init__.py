@@ -65,7 +65,10 @@ QUERIES: Final[dict[str, str]] = {
          WHERE c.castfunc <> 0""",
     "relations": """
         SELECT c.oid, n.nspname, c.relname, c.relkind,
-               CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+               CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
+               (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, pg_catalog.chr(31) ORDER BY a.attnum)
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')""",
     "rules": """
@@ -114,6 +117,7 @@ class Relation:
     name: str
     kind: str  # r, p, v, m, f
     view_definition: str | None = None
+    columns: tuple[str, ...] = ()  # names, in order (for masking's column lineage)
     rules: tuple[str, ...] = ()  # CREATE RULE texts
     triggers: tuple[int, ...] = ()  # function oids
     cascades_to: tuple[int, ...] = ()  # relation oids written by ON DELETE/UPDATE actions
@@ -201,10 +205,11 @@ class Catalog:
             if expr:
                 extra.setdefault(int(rel or 0), {}).setdefault("policies", []).append(expr)
         relations: dict[int, Relation] = {}
-        for oid, schema, name, kind, viewdef in rows.get("relations", ()):
+        for oid, schema, name, kind, viewdef, columns in rows.get("relations", ()):
             o = int(oid or 0)
             more = {k: tuple(v) for k, v in extra.get(o, {}).items()}
-            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, **more)
+            cols = tuple(columns.split("\x1f")) if columns else ()
+            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, cols, **more)
         return cls(
             functions=functions,
             relations=relations,

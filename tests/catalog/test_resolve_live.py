@@ -166,3 +166,5 @@ def test_load_over_the_gateways_admin_connection(pg):
     cat = trio.run(main)
     assert cat.size["functions"] > 2000 and cat.size["relations"] > 50
     assert cat.knows_function("pg_read_file") and cat.knows_operator("=")
+    victim = cat.relations_named("res.victim")[0]
+    assert victim.columns == ("id", "v", "pid") and victim.cascades_to == ()
