@@ -23,7 +23,8 @@
  * decides again (so the callback has no side effects).
  *
  * A direction takes this path only while Python says it may (c_fast/s_fast:
- * nothing carried over, no backlog, nothing to rewrite). A read qualifies
+ * nothing carried over, no backlog, nothing to rewrite); a server read left
+ * for Python also keeps the client direction off it for the rest of the batch. A read qualifies
  * only when it holds whole frames whose types the masks mark as handled here;
  * the frames are checked before anything is counted, so a read handed back to
  * Python has changed nothing. The Python relay is the reference and the
@@ -362,6 +363,12 @@ pump(PyObject *self, PyObject *args)
         if (core != NULL && Py_IS_TYPE(core, &CoreType)) {
             Py_INCREF(core);
             int done = relay_event((Core *)core, fd, ev, &n, &sent);
+            if (!done && n > 0 && sent == -1 && fd == ((Core *)core)->ufd)
+                /* A server read left for Python may end the session (a
+                 * ParameterStatus, pgjit.lexstate): no client read of this
+                 * batch goes upstream before Python has seen it. Python
+                 * sets c_fast again once it has. */
+                ((Core *)core)->c_fast = 0;
             Py_DECREF(core);
             if (done)
                 continue;

@@ -81,9 +81,11 @@ def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) 
 
 def server_mask() -> bytes:
     """The C path's code for each server frame type: only ReadyForQuery and
-    ErrorResponse mean anything to it."""
+    ErrorResponse mean anything to it. A read with a ParameterStatus goes to
+    Python, which may end the session on it (pgjit.lexstate); they are rare."""
     rc = _relaycore
-    return bytes(rc.S_READY if t == b"Z"[0] else rc.S_ERROR if t == b"E"[0] else rc.PASS for t in range(256))
+    codes = {b"Z"[0]: rc.S_READY, b"E"[0]: rc.S_ERROR, b"S"[0]: rc.PYTHON}
+    return bytes(codes.get(t, rc.PASS) for t in range(256))
 
 
 def c_core_enabled() -> bool:
@@ -166,9 +168,11 @@ class Relay:
         core = self.core
         if core is not None:
             session, backlog = self.session, self._backlog
-            core.c_fast = backlog[self.ufd] is None and session._c_pending is None
+            halted = session.halted
+            core.c_fast = not halted and backlog[self.ufd] is None and session._c_pending is None
             core.s_fast = (
-                backlog[self.cfd] is None
+                not halted
+                and backlog[self.cfd] is None
                 and session._s_skip == 0
                 and session._s_pending is None
                 and not session._rewrites
@@ -245,6 +249,19 @@ class Relay:
         out = self.session.from_server(data)
         if out:
             self._send(self.cfd, out)
+        if self.session.halted:
+            self._halt()
+
+    def _halt(self) -> None:
+        """The session halted (a lexer setting the gate does not model): read
+        neither side again, drop client bytes not yet sent upstream, and end
+        once the client has what came before (then the session sends the FATAL)."""
+        self._backlog[self.ufd] = None
+        self._set_mask(self.ufd, 0)
+        if self._backlog[self.cfd] is None:
+            self._finish()
+        else:
+            self._set_mask(self.cfd, _OUT)
 
     # -------------------------------------------------------------- writes
 
@@ -291,6 +308,9 @@ class Relay:
             self._backlog[fd] = view[n:]
             return
         self._backlog[fd] = None
+        if self.session.halted:
+            self._finish()
+            return
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] & ~_OUT)
         self._set_mask(source, self._mask[source] | _IN)

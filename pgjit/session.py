@@ -18,6 +18,7 @@ session's queue of made-up replies.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import secrets
@@ -43,6 +44,7 @@ from pgjit.errors import (
     UpstreamUnavailable,
 )
 from pgjit.jit.naming import quote_ident, quote_literal
+from pgjit.lexstate import lexer_state_problem
 from pgjit.policy import ParseFailure
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
@@ -61,6 +63,7 @@ F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE, F_PARSE = b"Q"[0], b"S"[0], b"F"[
 F_EXECUTE, F_COPY_DONE, F_COPY_FAIL = b"E"[0], b"c"[0], b"f"[0]
 # Backend tags.
 B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
+B_PARAMETER_STATUS = b"S"[0]
 
 # Backend messages that may stream through unbuffered when split across reads.
 _STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
@@ -111,11 +114,17 @@ class Session:
         self._relay_scope: trio.CancelScope | None = None
         self._scope: trio.CancelScope | None = None
         self._terminate_error: PgjitError | None = None
+        # Set when the server reported a lexer state the gate does not model:
+        # nothing more of the client's goes upstream (see from_server).
+        self.halted = False
         self.end_reason = "ok"
         self.started = time.monotonic()
         self.gate = None  # pgjit.policy.gate.Gate of the target, when it has a policy
         self.groups: frozenset[str] = frozenset()
         self.prepared: dict[str, object] = {}  # prepared-statement name -> Analysis/Facts
+        # Functions and operators this session created, which the target's
+        # catalog snapshot may not show yet (or, inside its transaction, ever).
+        self.overlay: dict[str, object] = {}
         self.jit_role = None  # pgjit.jit.JitRole of this session, once created
         self.broker = None
         self.ends_at: float | None = None  # wall-clock end (token expiry / max_session)
@@ -201,6 +210,8 @@ class Session:
         self.database = db
         self.gate = self.gateway.gates.get(db)
         if self.gate is not None:
+            await self._wait_for_catalog(db)
+        if self.gate is not None:
             self._c_watch = _FRONTEND_WATCH_GATED
         self.groups = frozenset(self.principal.groups)
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
@@ -229,6 +240,7 @@ class Session:
                 max_size=_MAX_BACKEND_MESSAGE,
             )
         up = self.upstream
+        self._check_lexer_settings(up.parameters)
         self.ctr.txn_status = up.transaction_status
         await self.client_stream.send(
             m.AuthenticationOk(),
@@ -239,6 +251,30 @@ class Session:
         metrics.CONNECT_SECONDS.observe(time.monotonic() - connect_started)
         self.phase = Phase.RELAY
         await self._relay()
+
+    def _check_lexer_settings(self, parameters: dict[str, str]) -> None:
+        """Refuse the session when the server's greeting already reports a
+        lexer state the gate does not model (e.g. ``ALTER ROLE ... SET
+        client_encoding = 'SJIS'``): nothing of the client's has run yet."""
+        if self.gate is None:
+            return
+        for name, value in parameters.items():
+            reason = lexer_state_problem(name, value)
+            if reason is not None:
+                log.warning("server lexer state not modelled", extra={"setting": name, "value": value, "phase": "greeting"})
+                raise _lexer_error(reason)
+
+    async def _wait_for_catalog(self, db: str) -> None:
+        """The gate decides what names mean from the target's catalog: wait
+        for the first snapshot, and fail closed if it cannot be read."""
+        keeper = self.gateway.catalogs.get(db)
+        if keeper is None or keeper.loaded.is_set():
+            return
+        if not await keeper.wait_loaded(self.config.timeouts.upstream_connect):
+            raise UpstreamUnavailable(
+                f'pgjit cannot check statements for "{db}": it could not read the catalog of the upstream server',
+                detail=keeper.last_error or "still loading",
+            )
 
     def _gate_startup_settings(self, params: dict[str, str]) -> None:
         """Settings a client puts in its startup packet (as parameters or as
@@ -397,6 +433,8 @@ class Session:
 
     def from_client(self, data: bytes | bytearray) -> tuple[bytes | bytearray | memoryview | None, bool]:
         """Bytes from the client -> (bytes for the upstream, stop after sending)."""
+        if self.halted:
+            return None, True  # the server's lexer state left the gate's: nothing more goes up
         pending = self._c_pending
         if pending is not None:
             pending += data
@@ -453,12 +491,15 @@ class Session:
         if frames:
             rewrite = False
             ctr = self.ctr
-            for tag, start, stop in frames:
+            for i, (tag, start, stop) in enumerate(frames):
                 if tag == B_READY:
                     if stop - start != 6:
                         raise ProtocolViolation("malformed ReadyForQuery message from the server")
                     ctr.rfq_received += 1
                     ctr.txn_status = bytes(data[start + 5 : start + 6])
+                elif tag == B_PARAMETER_STATUS:
+                    if self.gate is not None and self._lexer_report(data, start, stop):
+                        return self._halt_before(data, frames[:i], start, head)
                 elif self._rewrites:
                     rewrite = True
             last = frames[-1]
@@ -481,6 +522,35 @@ class Session:
             self._s_pending = None
         else:
             self._s_pending = _carry(data, end, pending)
+        if head:
+            return bytes(head) + bytes(out)
+        return out
+
+    def _lexer_report(self, data: bytes | bytearray | memoryview, start: int, stop: int) -> bool:
+        """Does the ParameterStatus at ``data[start:stop]`` leave the lexer
+        state the gate models? Then the session is halted: ``halted`` is
+        set and the FATAL to send is the terminate error."""
+        try:
+            ps = m.ParameterStatus.decode(bytes(data[start + 5 : stop]))
+        except Exception:
+            raise ProtocolViolation("malformed ParameterStatus message from the server") from None
+        reason = lexer_state_problem(ps.name, ps.value)
+        if reason is None:
+            return False
+        log.warning("server lexer state not modelled", extra={"setting": ps.name, "value": ps.value, "phase": "relay"})
+        self.halted = True
+        self._terminate_error = _lexer_error(reason)
+        return True
+
+    def _halt_before(self, data, frames: list[tuple[int, int, int]], cut: int, head) -> bytes | bytearray | memoryview:
+        """The server's bytes before the ParameterStatus at ``cut`` (the
+        watched ``frames`` before it handled as usual): the client gets them,
+        then the FATAL; the rest of the read is dropped."""
+        ctr = self.ctr
+        ctr.last_was_error = bool(frames) and frames[-1][0] == B_ERROR and frames[-1][2] == cut
+        out = self._backend_frames(data, frames, cut) if self._rewrites else data[:cut]
+        self._s_pending = None
+        self._s_skip = 0
         if head:
             return bytes(head) + bytes(out)
         return out
@@ -528,6 +598,17 @@ class Session:
                     self.upstream_eof()
                     return
                 out = self.from_server(data)
+                if self.halted:
+                    # Stop the client task first (it forwards nothing more,
+                    # not even bytes it holds), then hand on what came before.
+                    self._relay_scope.cancel()  # type: ignore[union-attr]
+                    if out:
+                        with trio.move_on_after(5) as cs:
+                            cs.shield = True
+                            self._client_mid_message = True
+                            await client.send_all(out)
+                            self._client_mid_message = False
+                    return
                 if out:
                     self._client_mid_message = True
                     await client.send_all(out)
@@ -608,10 +689,11 @@ class Session:
         rules). Anything else is False, and the read takes the Python path,
         which decides again and does the rest. No side effects."""
         try:
-            analysis, decision = self.gate.verdict(raw, self.groups, self.prepared)  # type: ignore[union-attr]
+            analysis, decision = self.gate.verdict(raw, self.groups, self.prepared, self.overlay)  # type: ignore[union-attr]
         except Exception:
             return False
-        return decision.allowed and not decision.shadow and not _changes_prepared(analysis)
+        return (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
+                and not _changes_catalog(analysis))
 
     def _gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
@@ -620,7 +702,7 @@ class Session:
         gate = self.gate
         assert gate is not None
         try:
-            analysis, decision = gate.verdict(raw, self.groups, self.prepared)
+            analysis, decision = gate.verdict(raw, self.groups, self.prepared, self.overlay)
         except UnicodeDecodeError:
             return FeatureNotSupported(
                 "pgjit could not read the statement: it is not valid UTF-8",
@@ -635,10 +717,16 @@ class Session:
         if decision.shadow:
             log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
         if decision.allowed:
+            if _changes_catalog(analysis):
+                self._note_ddl(analysis)
             if parse_name or _changes_prepared(analysis):
                 self._track_prepared(analysis, parse_name)
             return None
         rule = decision.rule or "default"
+        if decision.message and "catalog yet" in decision.message:
+            keeper = self.gateway.catalogs.get(self.database or "")
+            if keeper is not None:
+                keeper.request_refresh()  # a name created since the last snapshot
         metrics.STATEMENTS_DENIED.labels(decision.action).inc()
         log.info("statement refused", extra={"rule": rule, "action": decision.action})
         if decision.needs_approval:
@@ -651,6 +739,20 @@ class Session:
             f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),
             hint=decision.hint or "ask a DBA if you need this",
         )
+
+    def _note_ddl(self, analysis) -> None:
+        """DDL let through: the catalog snapshot is out of date. Remember the
+        functions and operators it creates (their facts were just checked) until
+        a fresh snapshot has them, and ask for one."""
+        for f in analysis.statements:
+            for name in f.created:
+                facts = _created_facts(f, name)
+                self.overlay[name] = facts
+                if "." in name and not name.startswith("operator "):
+                    self.overlay[name.rsplit(".", 1)[1]] = facts
+        keeper = self.gateway.catalogs.get(self.database or "")
+        if keeper is not None:
+            keeper.request_refresh()
 
     def _track_prepared(self, analysis, parse_name: str | None) -> None:
         """Keep the map from prepared-statement names to what they run, so that
@@ -753,7 +855,37 @@ _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
 # Statement kinds that change the session's prepared statements.
 _PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
-_BACKEND_WATCH = frozenset((B_READY, B_ERROR))
+# ParameterStatus: a report of a lexer setting may end the session (lexstate).
+_BACKEND_WATCH = frozenset((B_READY, B_ERROR, B_PARAMETER_STATUS))
+
+
+def _lexer_error(reason: str) -> FatalError:
+    return FatalError(
+        f"terminating connection: {reason}, which pgjit cannot check statements under",
+        sqlstate="0A000",
+        hint="use a UTF-8 compatible client_encoding and keep standard_conforming_strings on",
+    )
+
+
+_DDL_PREFIXES = ("create_", "alter_", "drop_")
+
+
+def _changes_catalog(analysis) -> bool:
+    """Does the statement create, change or drop objects (functions, views,
+    rules, triggers, operators …) that the gate resolves names through?"""
+    return any(k.startswith(_DDL_PREFIXES) for f in analysis.statements for k in f.kinds)
+
+
+def _created_facts(facts, name: str):
+    """What calling a function (or using an operator) this session created does:
+    the facts of the statement that created it, as a user function."""
+    kinds = frozenset(k for k in facts.kinds if not k.startswith(_DDL_PREFIXES))
+    qualified = name.removeprefix("operator ")
+    return dataclasses.replace(
+        facts, kinds=kinds, created=(), prepares=None,
+        user_functions=facts.user_functions | ({qualified} if not name.startswith("operator ") else frozenset()),
+        calls_user_function=True if not name.startswith("operator ") else facts.calls_user_function,
+    )
 
 
 def _changes_prepared(analysis) -> bool:
