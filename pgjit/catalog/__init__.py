@@ -10,8 +10,9 @@ the few catalogs that answer this:
   whether an extension owns it, and the definition of SQL and PL/pgSQL ones;
 * aggregates: their support functions; operators and casts: their functions;
 * relations: kind, and the definition of views;
-* rules (other than views' own), triggers, foreign keys that cascade, and
-  row-security policies.
+* rules (other than views' own), triggers, foreign keys that cascade,
+  column defaults, generated columns and CHECK constraints, and row-security
+  policies.
 
 The result, :class:`Catalog`, is immutable plain data: no pglast here (the
 policy layer turns definitions into facts, :mod:`pgjit.policy.resolve`), no
@@ -79,6 +80,11 @@ QUERIES: Final[dict[str, str]] = {
     "cascades": """
         SELECT c.confrelid, c.conrelid FROM pg_catalog.pg_constraint c
          WHERE c.contype = 'f' AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd'))""",
+    "expressions": """
+        SELECT d.adrelid, pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d
+        UNION ALL
+        SELECT c.conrelid, pg_catalog.pg_get_expr(c.conbin, c.conrelid) FROM pg_catalog.pg_constraint c
+         WHERE c.contype = 'c' AND c.conrelid <> 0""",
     "policies": """
         SELECT p.polrelid, pg_catalog.concat_ws(' AND ', pg_catalog.pg_get_expr(p.polqual, p.polrelid),
                                               pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
@@ -122,6 +128,7 @@ class Relation:
     triggers: tuple[int, ...] = ()  # function oids
     cascades_to: tuple[int, ...] = ()  # relation oids written by ON DELETE/UPDATE actions
     policies: tuple[str, ...] = ()  # row-security expressions
+    expressions: tuple[str, ...] = ()  # column defaults, generated columns, CHECK constraints
 
     @property
     def qualified(self) -> str:
@@ -201,6 +208,9 @@ class Catalog:
             extra.setdefault(int(rel or 0), {}).setdefault("triggers", []).append(int(fn or 0))
         for referenced, referencing in rows.get("cascades", ()):
             extra.setdefault(int(referenced or 0), {}).setdefault("cascades_to", []).append(int(referencing or 0))
+        for rel, expr in rows.get("expressions", ()):
+            if expr:
+                extra.setdefault(int(rel or 0), {}).setdefault("expressions", []).append(expr)
         for rel, expr in rows.get("policies", ()):
             if expr:
                 extra.setdefault(int(rel or 0), {}).setdefault("policies", []).append(expr)

@@ -11,7 +11,8 @@ adds what the server will do with the names in it, from a
 * reading a view reads what the view reads and calls what it calls, and so do
   row-security policies;
 * writing a relation writes what its rules and triggers write, the tables its
-  foreign keys cascade to and, for a view, the relations behind it;
+  foreign keys cascade to and, for a view, the relations behind it, and runs
+  its column defaults, generated columns, CHECK constraints and policies;
 * renaming or moving a system function is a ``catalog_change``.
 
 Names the catalog does not know are resolved through the session's overlay (the
@@ -226,6 +227,9 @@ class Resolver:
                         result = merge_facts(result, self.write_facts(base, depth + 1))
         for ruledef in rel.rules:
             f = _strip_create(_text_facts(ruledef, f"rule on {rel.qualified}"))
+            result = merge_facts(result, self.enrich_facts(f, None, depth + 1))
+        for expr in rel.expressions + rel.policies:
+            f = _text_facts("SELECT " + expr, f"default, check or policy of {rel.qualified}")
             result = merge_facts(result, self.enrich_facts(f, None, depth + 1))
         for oid in rel.triggers:
             fn = self.catalog.functions.get(oid)

@@ -34,6 +34,7 @@ alter table res.victim add column pid int references res.parent on delete cascad
 create table res.other(id int);
 create function res.purge_old() returns int language sql security definer
   as $$ delete from res.victim where id > 0 returning 1 $$;
+create table res.defaulted(id int, at text default res.purge_old()::text);
 create function res.harmless() returns int language sql as $$ select 1 $$;
 create procedure res.proc() language plpgsql as $$ begin update res.victim set v = 'x' where id = 1; end $$;
 create view res.v as select * from res.victim;
@@ -85,6 +86,7 @@ PROTECT = GUARDRAILS.replace("public.victim", "res.victim")
         "update res.other set id = 2 where id = 1",
         "delete from res.parent where id = 1",
         "delete from appdb.res.v where id = 1",
+        "insert into res.defaulted(id) values (1)",
     ],
 )
 def test_writes_to_victim_through_code_in_the_database_are_denied(catalog, sql):
