@@ -268,9 +268,9 @@ class Session:
         """The gate decides what names mean from the target's catalog: wait
         for the first snapshot, and fail closed if it cannot be read."""
         keeper = self.gateway.catalogs.get(db)
-        if keeper is None or keeper.loaded.is_set():
+        if keeper is None:
             return
-        if not await keeper.wait_loaded(self.config.timeouts.upstream_connect):
+        if not await keeper.ensure_fresh(self.config.timeouts.upstream_connect):
             raise UpstreamUnavailable(
                 f'pgjit cannot check statements for "{db}": it could not read the catalog of the upstream server',
                 detail=keeper.last_error or "still loading",
@@ -748,7 +748,7 @@ class Session:
             for name in f.created:
                 facts = _created_facts(f, name)
                 self.overlay[name] = facts
-                if "." in name and not name.startswith("operator "):
+                if "." in name and not name.startswith(("operator ", "relation ")):
                     self.overlay[name.rsplit(".", 1)[1]] = facts
         keeper = self.gateway.catalogs.get(self.database or "")
         if keeper is not None:
@@ -880,6 +880,9 @@ def _created_facts(facts, name: str):
     """What calling a function (or using an operator) this session created does:
     the facts of the statement that created it, as a user function."""
     kinds = frozenset(k for k in facts.kinds if not k.startswith(_DDL_PREFIXES))
+    if name.startswith("relation "):  # a view: what reading it reads
+        return dataclasses.replace(facts, kinds=kinds, created=(), prepares=None,
+                                   writes=facts.writes - {name.removeprefix("relation ")})
     qualified = name.removeprefix("operator ")
     return dataclasses.replace(
         facts, kinds=kinds, created=(), prepares=None,

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["Catalog", "Function", "Relation", "QUERIES", "load", "SYSTEM_SCHEMAS"]
+__all__ = ["Catalog", "Function", "Relation", "PROBE", "QUERIES", "load", "SYSTEM_SCHEMAS"]
 
 SYSTEM_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema"})
 
@@ -69,7 +69,9 @@ QUERIES: Final[dict[str, str]] = {
                CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
                (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, pg_catalog.chr(31) ORDER BY a.attnum)
                   FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+               (SELECT pg_catalog.array_to_string(f.ftoptions, pg_catalog.chr(31))
+                  FROM pg_catalog.pg_foreign_table f WHERE f.ftrelid = c.oid)
           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')""",
     "rules": """
@@ -85,11 +87,28 @@ QUERIES: Final[dict[str, str]] = {
         UNION ALL
         SELECT c.conrelid, pg_catalog.pg_get_expr(c.conbin, c.conrelid) FROM pg_catalog.pg_constraint c
          WHERE c.contype = 'c' AND c.conrelid <> 0""",
+    "event_triggers": """
+        SELECT e.evtfoid FROM pg_catalog.pg_event_trigger e WHERE e.evtenabled <> 'D'""",
+    "domain_checks": """
+        SELECT n.nspname, t.typname, pg_catalog.pg_get_expr(c.conbin, 0)
+          FROM pg_catalog.pg_constraint c
+          JOIN pg_catalog.pg_type t ON t.oid = c.contypid
+          JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+         WHERE c.contype = 'c' AND c.contypid <> 0""",
     "policies": """
         SELECT p.polrelid, pg_catalog.concat_ws(' AND ', pg_catalog.pg_get_expr(p.polqual, p.polrelid),
                                               pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
           FROM pg_catalog.pg_policy p""",
 }
+
+
+#: One cheap query whose answer changes whenever a catalog the snapshot is
+#: made of changes: row counts and the sum of row versions' transaction ids.
+PROBE: Final = "SELECT " + ", ".join(
+    f"(SELECT pg_catalog.count(*) || '/' || pg_catalog.sum(xmin::text::bigint) FROM pg_catalog.{t})"
+    for t in ("pg_proc", "pg_class", "pg_rewrite", "pg_trigger", "pg_constraint", "pg_operator", "pg_cast",
+              "pg_aggregate", "pg_policy", "pg_attrdef", "pg_namespace", "pg_event_trigger", "pg_foreign_table")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,7 @@ class Relation:
     kind: str  # r, p, v, m, f
     view_definition: str | None = None
     columns: tuple[str, ...] = ()  # names, in order (for masking's column lineage)
+    options: tuple[str, ...] = ()  # a foreign table's options, "name=value"
     rules: tuple[str, ...] = ()  # CREATE RULE texts
     triggers: tuple[int, ...] = ()  # function oids
     cascades_to: tuple[int, ...] = ()  # relation oids written by ON DELETE/UPDATE actions
@@ -143,6 +163,8 @@ class Catalog:
     relations: dict[int, Relation]
     operators: dict[str, tuple[int, ...]]  # "name" and "schema.name" -> function oids
     casts: dict[str, tuple[int, ...]]  # target type "name" and "schema.name" -> function oids
+    domain_checks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # domain name -> CHECK expressions
+    event_triggers: tuple[int, ...] = ()  # function oids of enabled event triggers (run on DDL)
     generation: int = 0
     loaded_at: float = 0.0
     load_seconds: float = 0.0
@@ -215,16 +237,24 @@ class Catalog:
             if expr:
                 extra.setdefault(int(rel or 0), {}).setdefault("policies", []).append(expr)
         relations: dict[int, Relation] = {}
-        for oid, schema, name, kind, viewdef, columns in rows.get("relations", ()):
+        for oid, schema, name, kind, viewdef, columns, options in rows.get("relations", ()):
             o = int(oid or 0)
             more = {k: tuple(v) for k, v in extra.get(o, {}).items()}
             cols = tuple(columns.split("\x1f")) if columns else ()
-            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, cols, **more)
+            opts = tuple(options.split("\x1f")) if options else ()
+            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, cols, opts, **more)
+        domains: dict[str, list[str]] = {}
+        for schema, typname, expr in rows.get("domain_checks", ()):
+            if expr:
+                domains.setdefault(typname or "", []).append(expr)
+                domains.setdefault(f"{schema}.{typname}", []).append(expr)
         return cls(
             functions=functions,
             relations=relations,
             operators={k: tuple(v) for k, v in operators.items()},
             casts={k: tuple(v) for k, v in casts.items()},
+            domain_checks={k: tuple(v) for k, v in domains.items()},
+            event_triggers=tuple(int(r[0] or 0) for r in rows.get("event_triggers", ())),
             generation=generation,
             loaded_at=time.time(),
             load_seconds=load_seconds,

@@ -1077,9 +1077,11 @@ def _column_refs(node: Any, aliases: set[str], in_sublink: bool = False) -> bool
     cr = node.get("ColumnRef")
     if cr is not None:
         fields = cr.get("fields", ())
-        if not in_sublink:
-            return True
-        return len(fields) >= 2 and (_sval(fields[-2]) or "") in aliases
+        if len(fields) >= 2:  # qualified: of the written table only if it names it
+            return (_sval(fields[-2]) or "") in aliases
+        # Unqualified: the table's column outside a subquery; inside one it
+        # names the subquery's own table first.
+        return not in_sublink and not (fields and "A_Star" in fields[0])
     if "CurrentOfExpr" in node:
         return True
     for key, value in node.items():
@@ -1123,9 +1125,22 @@ def _bounded(where: Any, aliases: set[str]) -> bool:
             return all(_bounded(a, aliases) for a in args)
         return _column_refs(args, aliases)  # NOT
     ae = where.get("A_Expr")
-    if ae is not None and ae.get("kind") == "AEXPR_OP" and _same(ae.get("lexpr"), ae.get("rexpr")):
-        return False  # x = x, x <= x, …
+    if ae is not None and _same(ae.get("lexpr"), ae.get("rexpr")):
+        return False  # x = x, x <= x, x IS NOT DISTINCT FROM x, …
+    nt = where.get("NullTest")
+    if nt is not None and _whole_row(nt.get("arg"), aliases):
+        return False  # t IS NOT NULL: a test of the whole row, not a bound
     return _column_refs(where, aliases)
+
+
+def _whole_row(node: Any, aliases: set[str]) -> bool:
+    cr = node.get("ColumnRef") if type(node) is dict else None
+    if not cr:
+        return False
+    fields = cr.get("fields", ())
+    if fields and "A_Star" in fields[-1]:
+        return True
+    return len(fields) == 1 and (_sval(fields[0]) or "") in aliases - {"", "*"}
 
 
 _MERGE_KINDS: Final = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
@@ -1252,6 +1267,15 @@ def _s_do(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) 
         n += 1
         tag = f"pgjit{n}"
     c.plpgsql(f"DO ${tag}${code}${tag}$", "DO block")
+
+
+def _s_view(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str) -> None:
+    view = body.get("view")
+    if view and c.depth == 0 and c.stmt_depth == 1:
+        c.created.append("relation " + _rv_name(view))
+    c.fields(body, ctes, False, skip=("view",))
+    if view:
+        c.writes.add(_rv_name(view, created=True))
 
 
 def _s_create_function(
@@ -1458,6 +1482,7 @@ _STMT_HANDLERS: Final = {
     "CreateEventTrigStmt": _s_trigger,
     "DropStmt": _s_drop,
     "DefineStmt": _s_binds,
+    "ViewStmt": _s_view,
     "AlterOperatorStmt": _s_binds,
     "CreateRangeStmt": _s_binds,
     "CreateCastStmt": _s_binds,

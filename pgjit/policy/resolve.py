@@ -29,13 +29,14 @@ from collections.abc import Mapping
 from typing import Final
 
 from pgjit.catalog import Catalog, Function, Relation
-from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, categories_for
+from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, FOREIGN_OPTION_CATEGORIES, categories_for
 from pgjit.policy.facts import Analysis, Facts, ParseFailure, analyze_uncached, merge_facts
 
 __all__ = ["Resolver", "function_definition_facts"]
 
 MAX_DEPTH: Final = 12
 UNKNOWN: Final = "?"
+_DDL_PREFIXES: Final = ("create_", "alter_", "drop_")
 _CREATE_KINDS: Final = frozenset({"create_function", "create_procedure", "create_rule"})
 
 _EMPTY = Facts(kind="select", kinds=frozenset())
@@ -115,14 +116,29 @@ class Resolver:
                 fn = cat.functions.get(oid)
                 if fn is not None:
                     extra.append(self.function_facts(fn, depth))
+            for expr in cat.domain_checks.get(name, ()):
+                f = _text_facts("SELECT " + expr, f"CHECK of domain {name}")
+                extra.append(self.enrich_facts(f, None, depth + 1))
+        if depth == 0 and cat.event_triggers and any(k.startswith(_DDL_PREFIXES) for k in facts.kinds):
+            for oid in cat.event_triggers:  # DDL fires the event triggers
+                fn = cat.functions.get(oid)
+                if fn is not None:
+                    extra.append(self.function_facts(fn, depth))
         for name in facts.reads:
-            for rel in cat.relations_named(name):
+            found = cat.relations_named(name)
+            for rel in found:
                 extra.append(self.read_facts(rel, depth))
+            if not found and overlay and ("relation " + name) in overlay:
+                extra.append(overlay["relation " + name])
         for name in facts.writes:
             if name == UNKNOWN or name.endswith(".*"):
                 continue
-            for rel in cat.relations_named(name):
+            found = cat.relations_named(name)
+            for rel in found:
                 extra.append(self.write_facts(rel, depth))
+            if not found and overlay and ("relation " + name) in overlay:
+                view = overlay["relation " + name]  # a view this session created
+                extra.append(dataclasses.replace(view, writes=view.writes | view.reads))
         changed = False
         for name in facts.altered_functions:
             if any(fn.schema in ("pg_catalog", "information_schema") for fn in cat.functions_named(name)):
@@ -191,6 +207,8 @@ class Resolver:
             return memo
         self._read[rel.oid] = _EMPTY
         result = _EMPTY
+        if rel.kind == "f":
+            result = _foreign(rel, result)
         if depth < MAX_DEPTH:
             texts = []
             if rel.view_definition:
@@ -216,6 +234,12 @@ class Resolver:
             self._write[rel.oid] = result
             return result
         result = Facts(kind="select", kinds=frozenset(), writes=frozenset({rel.qualified}))
+        if rel.kind == "f":
+            # A foreign table's rows live where its server points: maybe this
+            # very database, under any name.
+            result = _foreign(rel, dataclasses.replace(result, writes=result.writes | {UNKNOWN}))
+        if rel.view_definition and rel.kind == "m":
+            result = merge_facts(result, self.read_facts(rel, depth + 1))  # REFRESH runs the query
         if rel.view_definition and rel.kind == "v":
             view = self.read_facts(rel, depth + 1)
             # An auto-updatable view writes the relation behind it: count
@@ -241,6 +265,17 @@ class Resolver:
                 result = merge_facts(result, self.write_facts(target, depth + 1))
         self._write[rel.oid] = result
         return result
+
+
+def _foreign(rel: Relation, facts: Facts) -> Facts:
+    """A foreign table's options (file_fdw's filename/program …) reach files,
+    programs or the network whenever the table is read or written."""
+    cats: set[str] = set()
+    for opt in rel.options:
+        cats |= FOREIGN_OPTION_CATEGORIES.get(opt.split("=", 1)[0].lower(), frozenset())
+    if not cats:
+        return facts
+    return dataclasses.replace(facts, dangerous=facts.dangerous | cats)
 
 
 def _user(name: str, security_definer: bool = False) -> Facts:
