@@ -15,6 +15,7 @@ directly as the superuser, never through the gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +112,7 @@ class RedTeamEnv:
     def fresh(self, attack: RedTeamAttack, slot: Slot) -> None:
         with self.local("postgres") as a:
             a.execute(f"drop database if exists {slot.db} with (force)")
-            a.execute(f"create database {slot.db} template {TEMPLATE} strategy wal_log")
+            a.execute(f"create database {slot.db} template {TEMPLATE} strategy file_copy")
         with self.local(slot.db) as c:
             if attack.setup:
                 c.execute(self.ctx(attack.setup, slot))
@@ -203,7 +204,7 @@ def run_jobs(env: RedTeamEnv, jobs: list[tuple[RedTeamAttack, list[Any]]], targe
                     port, user, password, protocol = target(key, slot)
                     o = env.attempt(attack, slot, port, user, password, protocol)
                     out[key] = o
-                    dirty = o.effect or not o.results or not all(r.by_pgjit for r in o.results)
+                    dirty = o.effect or not o.results or not all(r.denied_before_server for r in o.results)
                 except Exception as exc:  # noqa: BLE001 - reported by the test of this case
                     out[key] = Outcome([], False, f"{type(exc).__name__}: {exc}")
                     dirty = True
@@ -260,10 +261,26 @@ def outcomes(rt_env, pg, request, tmp_path_factory) -> Iterator[dict[tuple, Outc
                 return pg.port, None, None, "simple"
             return gws[key[0]].port, GATEWAY_USER, GATEWAY_PASSWORD, key[1]
 
-        yield run_jobs(rt_env, jobs, target)
+        out = run_jobs(rt_env, jobs, target)
+        if os.environ.get("PGJIT_REDTEAM_REPORT"):
+            _write_report(Path(os.environ["PGJIT_REDTEAM_REPORT"]), out)
+        yield out
     finally:
         for gw in gws.values():
             gw.stop()
+
+
+def _write_report(path: Path, out: dict[tuple, Outcome]) -> None:
+    """PGJIT_REDTEAM_REPORT=file.json: every case's outcome, and whether its refusal came from pgjit."""
+    rows = []
+    for key, o in out.items():
+        rows.append({
+            "case": "-".join(key), "effect": o.effect, "error": o.error,
+            "refused": any(r.refused for r in o.results),
+            "refused_by_pgjit": any(r.refused and r.by_pgjit for r in o.results),
+            "statements": [r.describe() for r in o.results],
+        })
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def _report(results: list[StatementResult]) -> str:

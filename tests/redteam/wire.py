@@ -35,6 +35,16 @@ class StatementResult:
         return any(e.sqlstate in REFUSAL_SQLSTATES or e.severity in ("FATAL", "PANIC") for e in self.errors)
 
     @property
+    def denied_before_server(self) -> bool:
+        """pgjit refused it (an ERROR of its own, or a refused login): it never reached the server.
+        A FATAL after the fact (pgjit closing a session whose lexer state changed) does not count."""
+        if self.statement.startswith(b"<login"):
+            return self.closed
+        return bool(self.errors) and all(
+            e.severity == "ERROR" and e.sqlstate in REFUSAL_SQLSTATES and "policy rule" in (e.message or "")
+            for e in self.errors)
+
+    @property
     def by_pgjit(self) -> bool:
         return any("pgjit" in (e.message or "") or "policy rule" in (e.message or "") for e in self.errors)
 
