@@ -881,8 +881,10 @@ def _created_facts(facts, name: str):
     the facts of the statement that created it, as a user function."""
     kinds = frozenset(k for k in facts.kinds if not k.startswith(_DDL_PREFIXES))
     if name.startswith("relation "):  # a view: what reading it reads
-        return dataclasses.replace(facts, kinds=kinds, created=(), prepares=None,
-                                   writes=facts.writes - {name.removeprefix("relation ")})
+        writes = facts.writes - {name.removeprefix("relation ")}
+        if "create_foreign_table" in facts.kinds:
+            writes = writes | {"?"}  # a foreign table's rows live wherever its server points
+        return dataclasses.replace(facts, kinds=kinds, created=(), prepares=None, writes=writes)
     qualified = name.removeprefix("operator ")
     return dataclasses.replace(
         facts, kinds=kinds, created=(), prepares=None,

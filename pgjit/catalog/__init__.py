@@ -71,7 +71,10 @@ QUERIES: Final[dict[str, str]] = {
                   FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
                (SELECT pg_catalog.array_to_string(f.ftoptions, pg_catalog.chr(31))
-                  FROM pg_catalog.pg_foreign_table f WHERE f.ftrelid = c.oid)
+                  FROM pg_catalog.pg_foreign_table f WHERE f.ftrelid = c.oid),
+               (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, pg_catalog.chr(31))
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull)
           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')""",
     "rules": """
@@ -144,6 +147,7 @@ class Relation:
     view_definition: str | None = None
     columns: tuple[str, ...] = ()  # names, in order (for masking's column lineage)
     options: tuple[str, ...] = ()  # a foreign table's options, "name=value"
+    not_null: tuple[str, ...] = ()  # columns declared NOT NULL
     rules: tuple[str, ...] = ()  # CREATE RULE texts
     triggers: tuple[int, ...] = ()  # function oids
     cascades_to: tuple[int, ...] = ()  # relation oids written by ON DELETE/UPDATE actions
@@ -237,12 +241,13 @@ class Catalog:
             if expr:
                 extra.setdefault(int(rel or 0), {}).setdefault("policies", []).append(expr)
         relations: dict[int, Relation] = {}
-        for oid, schema, name, kind, viewdef, columns, options in rows.get("relations", ()):
+        for oid, schema, name, kind, viewdef, columns, options, not_null in rows.get("relations", ()):
             o = int(oid or 0)
             more = {k: tuple(v) for k, v in extra.get(o, {}).items()}
             cols = tuple(columns.split("\x1f")) if columns else ()
             opts = tuple(options.split("\x1f")) if options else ()
-            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, cols, opts, **more)
+            nn = tuple(not_null.split("\x1f")) if not_null else ()
+            relations[o] = Relation(o, schema or "", name or "", kind or "r", viewdef, cols, opts, nn, **more)
         domains: dict[str, list[str]] = {}
         for schema, typname, expr in rows.get("domain_checks", ()):
             if expr:

@@ -148,6 +148,9 @@ class Facts:
     # Filled in from the upstream's catalog (pgjit.policy.resolve); empty without one.
     altered_functions: tuple[str, ...] = ()  # functions renamed/moved/re-owned/changed
     created: tuple[str, ...] = ()  # functions ("f", "s.f") and operators ("operator ###") created
+    # UPDATE/DELETE bounded only by `col IS NOT NULL`: (relation, columns);
+    # the catalog says whether the columns are NOT NULL (then: unbounded).
+    null_bounds: tuple[tuple[str, tuple[str, ...]], ...] = ()
     user_functions: frozenset[str] = frozenset()  # functions reached that are not the system's
     calls_user_function: bool = False
     security_definer: bool = False
@@ -556,6 +559,7 @@ class _Collector:
         "security_definer",
         "altered_functions",
         "created",
+        "null_bounds",
         "copies",
         "dangerous",
         "deallocates",
@@ -594,6 +598,7 @@ class _Collector:
         self.pinned_names: tuple[str, ...] | None = None
         self.altered_functions: list[str] = []  # checked against the catalog
         self.created: list[str] = []
+        self.null_bounds: list[tuple[str, tuple[str, ...]]] = []
         self.security_definer = False
         self.explain_analyze = False
         self.executes_prepared: set[str] = set()
@@ -1005,8 +1010,12 @@ def _s_dml(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: str)
                 if rt.get("name") == "setting":
                     value = _sval(rt.get("val"))
             c.setting_write(_pinned_names(body.get("whereClause")), value)
-    if kind in ("update", "delete") and not _bounded(body.get("whereClause"), aliases):
+    where = body.get("whereClause")
+    if kind in ("update", "delete") and not _bounded(where, aliases):
         c.write_without_where = True
+    elif kind in ("update", "delete") and rel and not _bounded(where, aliases, null_tests=False):
+        # Bounded only by `col IS NOT NULL`: unbounded when the columns are NOT NULL.
+        c.null_bounds.append((_rv_name(rel), tuple(sorted(_null_tested(where)))))
     if kind == "insert":
         occ = body.get("onConflictClause") or {}
         if occ.get("action") == "ONCONFLICT_UPDATE":
@@ -1109,7 +1118,7 @@ def _strip_locations(node: Any) -> Any:
     return node
 
 
-def _bounded(where: Any, aliases: set[str]) -> bool:
+def _bounded(where: Any, aliases: set[str], null_tests: bool = True) -> bool:
     """Is a write's condition a bound on the table's rows? A condition that
     refers to none of its columns (``true``, ``1 = 1``, ``NOT false``,
     ``EXISTS (SELECT 1)``) is the same for every row, so the write takes all
@@ -1120,9 +1129,9 @@ def _bounded(where: Any, aliases: set[str]) -> bool:
     if be is not None:
         args = be.get("args", ())
         if be.get("boolop") == "AND_EXPR":
-            return any(_bounded(a, aliases) for a in args)
+            return any(_bounded(a, aliases, null_tests) for a in args)
         if be.get("boolop") == "OR_EXPR":
-            return all(_bounded(a, aliases) for a in args)
+            return all(_bounded(a, aliases, null_tests) for a in args)
         return _column_refs(args, aliases)  # NOT
     ae = where.get("A_Expr")
     if ae is not None and _same(ae.get("lexpr"), ae.get("rexpr")):
@@ -1130,7 +1139,26 @@ def _bounded(where: Any, aliases: set[str]) -> bool:
     nt = where.get("NullTest")
     if nt is not None and _whole_row(nt.get("arg"), aliases):
         return False  # t IS NOT NULL: a test of the whole row, not a bound
+    if nt is not None and not null_tests and nt.get("nulltesttype") == "IS_NOT_NULL":
+        return False  # bounds nothing if the column is NOT NULL (the catalog knows)
     return _column_refs(where, aliases)
+
+
+def _null_tested(node: Any) -> set[str]:
+    out: set[str] = set()
+    if type(node) is list:
+        for item in node:
+            out |= _null_tested(item)
+    elif type(node) is dict:
+        nt = node.get("NullTest")
+        if nt is not None:
+            cr = (nt.get("arg") or {}).get("ColumnRef")
+            if cr and cr.get("fields"):
+                out.add(_sval(cr["fields"][-1]) or "")
+        for value in node.values():
+            if type(value) is dict or type(value) is list:
+                out |= _null_tested(value)
+    return out
 
 
 def _whole_row(node: Any, aliases: set[str]) -> bool:
@@ -1418,6 +1446,8 @@ def _s_foreign(c: _Collector, body: dict[str, Any], ctes: frozenset[str], kind: 
         rel = base.get("relation")
         if rel:
             c.writes.add(_rv_name(rel, created=True))
+            if c.depth == 0 and c.stmt_depth == 1:
+                c.created.append("relation " + _rv_name(rel))
     c.fields(body, ctes, kind not in _READ_KINDS)
 
 
@@ -1572,6 +1602,7 @@ def analyze_uncached(sql: str) -> Analysis:
                 casts=frozenset(c.casts),
                 altered_functions=tuple(c.altered_functions),
                 created=tuple(c.created),
+                null_bounds=tuple(c.null_bounds),
                 security_definer=c.security_definer,
                 explain_analyze=c.explain_analyze,
                 executes_prepared=frozenset(c.executes_prepared),

@@ -139,13 +139,20 @@ class Resolver:
             if not found and overlay and ("relation " + name) in overlay:
                 view = overlay["relation " + name]  # a view this session created
                 extra.append(dataclasses.replace(view, writes=view.writes | view.reads))
+        unbounded = False
+        for name, columns in facts.null_bounds:
+            for rel in cat.relations_named(name):
+                if columns and set(columns) <= set(rel.not_null):
+                    unbounded = True  # `id IS NOT NULL` on a NOT NULL column holds for every row
         changed = False
         for name in facts.altered_functions:
             if any(fn.schema in ("pg_catalog", "information_schema") for fn in cat.functions_named(name)):
                 changed = True
-        if not extra and not reasons and not changed:
+        if not extra and not reasons and not changed and not unbounded:
             return facts
         out = facts
+        if unbounded:
+            out = dataclasses.replace(out, write_without_where=True)
         for e in extra:
             if e is not _EMPTY:
                 out = merge_facts(out, e)
