@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ TEMPLATE = "rt_template"
 # the `serial` ones (cluster-wide state) run alone afterwards, in slot 0.
 SLOTS = int(os.environ.get("PGJIT_REDTEAM_SLOTS", "4"))
 GATEWAY_USER, GATEWAY_PASSWORD = "alice@example.com", "x"
+CATALOG_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -146,9 +148,20 @@ def run_attack(env: RedTeamEnv, slot: Slot, port: int, user: str, password: str,
     startup = {k: env.ctx(v, slot) for k, v in attack.startup.items()}
 
     def connect(params: dict[str, str]) -> WireClient | None:
-        c = WireClient(port)
-        msgs = c.login_any(user, slot.db, password, **params)
-        errs = [x for x in msgs if isinstance(x, m.ErrorResponse)]
+        for attempt in range(CATALOG_RETRIES):
+            c = WireClient(port)
+            msgs = c.login_any(user, slot.db, password, **params)
+            errs = [x for x in msgs if isinstance(x, m.ErrorResponse)]
+            # The harness recreates the slot's database between runs; a catalog probe of
+            # the gateway that ran while it was missing makes it refuse logins for a
+            # moment. That refusal says nothing about the attack: wait and log in again.
+            if errs and errs[0].sqlstate == "08006" and "catalog" in (errs[0].message or ""):
+                c.close()
+                if attempt == CATALOG_RETRIES - 1:
+                    raise RuntimeError(f"the gateway could not read the catalog of {slot.db}: {errs[0].message}")
+                time.sleep(0.1)
+                continue
+            break
         if errs:
             results.append(StatementResult(b"<login " + repr(params).encode() + b">", errors=errs, closed=True))
             c.close()
