@@ -77,11 +77,14 @@ class CatalogKeeper:
                     self.loaded.is_set() and not self._wanted and time.monotonic() - self._probed_at < FRESH_ENOUGH
                 ):
                     return True
-                try:
-                    await self._check()
-                except Exception as e:  # noqa: BLE001 - reported, the session fails closed
-                    await self._failed(e)
-                    return False
+                for attempt in (1, 2):  # a broken connection is retried once on a fresh one
+                    try:
+                        await self._check()
+                        break
+                    except Exception as e:  # noqa: BLE001 - reported, the session fails closed
+                        await self._failed(e)
+                        if attempt == 2:
+                            return False
             return self.loaded.is_set()
         return False
 

@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Final
 
-from pgjit.catalog import Catalog, Function, Relation
+from pgjit.catalog import SYSTEM_SCHEMAS, Catalog, Function, Relation
 from pgjit.policy.catalogue import DYNAMIC_CATEGORIES, FOREIGN_OPTION_CATEGORIES, categories_for
 from pgjit.policy.facts import Analysis, Facts, ParseFailure, analyze_uncached, merge_facts
 
@@ -223,7 +223,13 @@ class Resolver:
             texts.extend("SELECT " + p for p in rel.policies)
             for text in texts:
                 f = _text_facts(text, f"view or policy of {rel.qualified}")
-                result = merge_facts(result, self.enrich_facts(f, None, depth + 1))
+                f = self.enrich_facts(f, None, depth + 1)
+                if rel.schema in SYSTEM_SCHEMAS:
+                    # A system view is the server's own filter over its
+                    # catalogs (pg_roles hides pg_authid's passwords): what it
+                    # calls counts, the tables behind it do not.
+                    f = dataclasses.replace(f, reads=frozenset())
+                result = merge_facts(result, f)
         else:
             result = _unknown(f"relation {rel.qualified}: views nested too deeply")
         self._read[rel.oid] = result
