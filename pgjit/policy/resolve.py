@@ -174,11 +174,7 @@ class Resolver:
             if not cats and fn.name != "set_config" and not fn.support:
                 result = _EMPTY
             else:
-                result = _system_function(fn, cats)
-                for oid in fn.support:
-                    sub = self.catalog.functions.get(oid)
-                    if sub is not None and sub.oid != fn.oid:
-                        result = merge_facts(result, self.function_facts(sub, depth + 1))
+                result = self._with_support(fn, _system_function(fn, cats), depth)
             self._function[fn.oid] = result
             return result
         base = _user(fn.qualified, fn.security_definer)
@@ -200,11 +196,16 @@ class Resolver:
                 base, unknown_body=True,
                 unknown_reasons=(f"function {fn.qualified} is written in {fn.language}, which pgjit cannot read",),
             )
+        result = self._with_support(fn, result, depth)
+        self._function[fn.oid] = result
+        return result
+
+    def _with_support(self, fn: Function, result: Facts, depth: int) -> Facts:
+        """An aggregate runs its support functions (transition, final, …)."""
         for oid in fn.support:
             sub = self.catalog.functions.get(oid)
             if sub is not None and sub.oid != fn.oid:
                 result = merge_facts(result, self.function_facts(sub, depth + 1))
-        self._function[fn.oid] = result
         return result
 
     def read_facts(self, rel: Relation, depth: int = 0) -> Facts:
