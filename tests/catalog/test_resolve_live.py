@@ -9,6 +9,8 @@ public.victim" holds whichever name the statement uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import trio
 import pytest
 
@@ -59,10 +61,15 @@ def _text(value):
 
 
 @pytest.fixture(scope="module")
-def catalog(pg) -> Catalog:
+def catalog(pg) -> Iterator[Catalog]:
     pg.psql(SETUP, dbname="appdb")
-    rows = {name: [tuple(_text(v) for v in row) for row in pg.execute(sql, dbname="appdb")] for name, sql in QUERIES.items()}
-    return Catalog.from_rows(rows, generation=1)
+    try:
+        rows = {name: [tuple(_text(v) for v in row) for row in pg.execute(sql, dbname="appdb")]
+                for name, sql in QUERIES.items()}
+        yield Catalog.from_rows(rows, generation=1)
+    finally:
+        # Other modules dump or inspect appdb: leave nothing behind.
+        pg.psql("drop schema if exists res cascade", dbname="appdb")
 
 
 def _gate(catalog: Catalog, text: str) -> Gate:
@@ -154,7 +161,7 @@ def test_renaming_a_system_function_is_a_catalog_change(catalog):
     assert "catalog_change" in facts.dangerous
 
 
-def test_load_over_the_gateways_admin_connection(pg):
+def test_load_over_the_gateways_admin_connection(pg, catalog):
     """pgjit.catalog.load through pgjit's own protocol client: timing and size."""
     from pgjit.jit.admin import AdminConnection
 
