@@ -158,8 +158,12 @@ class Relay:
         if out:
             self._send(self.ufd, out)
         if stop:
+            # Terminate: forwarded; the client is not read again, and its
+            # socket closes after the server's, once what the server still
+            # sends (the reply of a query that was running) has reached it.
             self.session.end_reason = "ok"
-            self._finish()
+            self.session.terminating = True
+            self._set_mask(self.cfd, self._mask[self.cfd] & ~_IN)
         self._sync()
 
     def _sync(self) -> None:
@@ -169,7 +173,7 @@ class Relay:
         if core is not None:
             session, backlog = self.session, self._backlog
             halted = session.halted
-            core.c_fast = not halted and backlog[self.ufd] is None and session._c_pending is None
+            core.c_fast = not halted and not session.terminating and backlog[self.ufd] is None and session._c_pending is None
             core.s_fast = (
                 not halted
                 and backlog[self.cfd] is None
@@ -180,6 +184,9 @@ class Relay:
 
     def on_event(self, fd: int, ev: int) -> None:
         try:
+            if fd == self.cfd and ev & _ERR and self.session.terminating:
+                self._finish()  # the client went away after its Terminate: nobody to answer
+                return
             if ev & _OUT:
                 self._flush(fd)
             if ev & (_IN | _ERR) and not self.closed and self._mask[fd] & _IN:
@@ -313,6 +320,8 @@ class Relay:
             return
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] & ~_OUT)
+        if source == self.cfd and self.session.terminating:
+            return  # nothing more is read from a client that sent Terminate
         self._set_mask(source, self._mask[source] | _IN)
 
     def _set_mask(self, fd: int, mask: int) -> None:

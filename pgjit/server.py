@@ -59,7 +59,9 @@ class Gateway:
             )
         self.authenticator = authenticator or LoopbackAnyPassword()
         self.sessions: set["Session"] = set()
-        self._by_pid: dict[int, "Session"] = {}
+        # Cancel routing: sessions by the secret of the key pgjit gave them
+        # (their process id is the upstream's real one, so not unique here).
+        self._by_secret: dict[bytes, "Session"] = {}
         self._shutdown = trio.Event()
         self._draining = False
         self.client_tls_context = self._make_client_tls_context()
@@ -116,28 +118,33 @@ class Gateway:
     # ----------------------------------------------------------- sessions
 
     def new_cancel_key(self, session: "Session") -> m.BackendKeyData:
+        """A key with a secret unique in this gateway. Its process id is a
+        placeholder until the session has its upstream connection, whose real
+        process id replaces it (:meth:`Session` sends the client that one, so
+        ``pg_backend_pid()`` and notification pids match what it was told)."""
         while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
-            if pid not in self._by_pid:
+            secret = secrets.token_bytes(4)
+            if secret not in self._by_secret:
                 break
-        self._by_pid[pid] = session
-        return m.BackendKeyData(pid, secrets.token_bytes(4))
+        self._by_secret[secret] = session
+        return m.BackendKeyData(0, secret)
 
     def forget_session(self, session: "Session") -> None:
         self.sessions.discard(session)
-        if self._by_pid.get(session.key.process_id) is session:
-            del self._by_pid[session.key.process_id]
+        if self._by_secret.get(session.key.secret_key) is session:
+            del self._by_secret[session.key.secret_key]
 
     def over_client_limit(self, session: "Session") -> bool:
         # The session counts itself: refuse when it makes one too many.
         return len(self.sessions) > self.config.listen.max_clients
 
     async def handle_cancel(self, req: m.CancelRequest) -> None:
-        session = self._by_pid.get(req.process_id)
+        session = self._by_secret.get(req.secret_key)
         if (
             session is None
-            or not hmac.compare_digest(session.key.secret_key, req.secret_key)
             or session.upstream is None
+            or not hmac.compare_digest(session.key.secret_key, req.secret_key)
+            or session.key.process_id != req.process_id
         ):
             metrics.CANCEL_REQUESTS.labels("unknown").inc()
             log.info("cancel request for an unknown session")

@@ -37,6 +37,7 @@ from pgjit.errors import (
     FeatureNotSupported,
     InsufficientPrivilege,
     InvalidAuthorization,
+    InvalidPassword,
     PgjitError,
     ProtocolViolation,
     SyntaxErrorSQL,
@@ -46,6 +47,7 @@ from pgjit.errors import (
 from pgjit.jit.naming import quote_ident, quote_literal
 from pgjit.lexstate import lexer_state_problem
 from pgjit.policy import ParseFailure
+from pgjit.policy.gate import statement_fingerprint
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
 from pgjit.transport import SocketTransport, Transport, TransportClosed, start_tls
@@ -70,6 +72,9 @@ _STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
 _STREAM_THRESHOLD = 64 * 1024
 # Upstream messages may be as large as PostgreSQL allows (1 GB field + header).
 _MAX_BACKEND_MESSAGE = (1 << 30) + (1 << 20)
+
+# A token must leave its JIT role at least this long to log in with.
+_MIN_ROLE_SECONDS = 2.0
 
 # Startup parameters that are not server settings (or are checked otherwise).
 _STARTUP_NOT_SETTINGS = frozenset(("user", "database", "replication", "options", "application_name"))
@@ -98,7 +103,8 @@ class Session:
         self.principal: Principal | None = None
         self.database: str | None = None
         self.upstream: UpstreamConnection | None = None
-        # pgjit's own cancel key for this session (mapped to the upstream's).
+        # The cancel key the client gets: pgjit's own secret, and (once
+        # connected) the upstream's process id.
         self.key = gateway.new_cancel_key(self)
         # ReadyForQuery accounting and transaction status. The reactor swaps
         # in its C core's counters (same fields) while it relays the session.
@@ -117,6 +123,9 @@ class Session:
         # Set when the server reported a lexer state the gate does not model:
         # nothing more of the client's goes upstream (see from_server).
         self.halted = False
+        # Set when the client's Terminate went upstream: the client is not read
+        # again, and the relay ends when the server closes its side.
+        self.terminating = False
         self.end_reason = "ok"
         self.started = time.monotonic()
         self.gate = None  # pgjit.policy.gate.Gate of the target, when it has a policy
@@ -240,6 +249,11 @@ class Session:
                 max_size=_MAX_BACKEND_MESSAGE,
             )
         up = self.upstream
+        if up.backend_key is not None:
+            # The server's own process id, pgjit's secret: pg_backend_pid(),
+            # NotificationResponse pids and pg_terminate_backend agree with
+            # what the client was told; a CancelRequest still needs the secret.
+            self.key = m.BackendKeyData(up.backend_key.process_id, self.key.secret_key)
         self._check_lexer_settings(up.parameters)
         self.ctr.txn_status = up.transaction_status
         await self.client_stream.send(
@@ -308,6 +322,12 @@ class Session:
         valid_until = now + grant.jit_lifetime
         if principal.expires_at is not None:
             valid_until = min(valid_until, principal.expires_at)
+            if principal.expires_at - now < _MIN_ROLE_SECONDS:
+                # Its role would be past VALID UNTIL before it logged in.
+                raise InvalidPassword(
+                    f"token expired at {_utc(principal.expires_at)}, or expires too soon to start a session",
+                    hint="get a fresh token from your identity provider and reconnect",
+                )
         # The session ends when the token expires (plus grace) or at max_session.
         ends = now + grant.max_session
         reason = f"the maximum session length ({grant.max_session} s) was reached"
@@ -316,9 +336,14 @@ class Session:
             reason = f"the token expired at {_utc(principal.expires_at)}"
         self.ends_at, self.end_message = ends, reason
         with trio.fail_after(self.config.timeouts.upstream_connect):
-            role = await broker.create_role(principal.user, self.id, grant.grant, valid_until, grant.settings)
+            role = await broker.create_role(
+                principal.user, self.id, grant.grant, valid_until, grant.settings, owner=grant.owner
+            )
         self.jit_role, self.broker = role, broker
-        log.info("jit role created", extra={"role": role.name, "valid_until": _utc(valid_until), "grants": ",".join(grant.grant)})
+        log.info(
+            "jit role created",
+            extra={"role": role.name, "valid_until": _utc(valid_until), "grants": ",".join(grant.grant), "owner": grant.owner or ""},
+        )
         return role.name, role.password
 
     async def _expiry_watch(self) -> None:
@@ -537,7 +562,7 @@ class Session:
         reason = lexer_state_problem(ps.name, ps.value)
         if reason is None:
             return False
-        log.warning("server lexer state not modelled", extra={"setting": ps.name, "value": ps.value, "phase": "relay"})
+        log.warning("server lexer state not modelled", extra={"session": self.id, "setting": ps.name, "value": ps.value, "phase": "relay"})
         self.halted = True
         self._terminate_error = _lexer_error(reason)
         return True
@@ -557,6 +582,8 @@ class Session:
 
     def upstream_eof(self) -> None:
         """The upstream closed: if the client was not told why, say so."""
+        if self.terminating:
+            return  # the server's answer to the client's Terminate
         if (
             not self._client_mid_message
             and self._s_skip == 0
@@ -579,14 +606,18 @@ class Session:
                     if out:
                         await up.send_all(out)
                     if stop:
+                        # Terminate went upstream: the server's side closes
+                        # first, after anything it still sends the client.
                         self.end_reason = "ok"
+                        self.terminating = True
                         return
                 data = await client.receive()
                 if not data:
                     self.end_reason = "client_gone"
                     return
         finally:
-            self._relay_scope.cancel()  # type: ignore[union-attr]
+            if not self.terminating:
+                self._relay_scope.cancel()  # type: ignore[union-attr]
 
     async def _server_to_client(self) -> None:
         up = self.upstream.transport  # type: ignore[union-attr]
@@ -704,18 +735,20 @@ class Session:
         try:
             analysis, decision = gate.verdict(raw, self.groups, self.prepared, self.overlay)
         except UnicodeDecodeError:
+            self._log_refusal("pgjit:not-utf8", "deny", None, len(raw))
             return FeatureNotSupported(
                 "pgjit could not read the statement: it is not valid UTF-8",
                 hint="use client_encoding UTF8",
             )
         except ParseFailure as e:
+            self._log_refusal("pgjit:unparsable", "deny", None, len(raw), position=e.cursorpos)
             return SyntaxErrorSQL(
                 f"pgjit could not parse the statement: {e.message}",
                 position=e.cursorpos if e.cursorpos and e.cursorpos > 0 else None,
                 hint="pgjit refuses statements it cannot parse",
             )
         if decision.shadow:
-            log.info("audit rule matched (shadow mode)", extra={"rules": ",".join(decision.shadow)})
+            log.info("audit rule matched (shadow mode)", extra={"session": self.id, "rules": ",".join(decision.shadow)})
         if decision.allowed:
             if _changes_catalog(analysis):
                 self._note_ddl(analysis)
@@ -728,7 +761,7 @@ class Session:
             if keeper is not None:
                 keeper.request_refresh()  # a name created since the last snapshot
         metrics.STATEMENTS_DENIED.labels(decision.action).inc()
-        log.info("statement refused", extra={"rule": rule, "action": decision.action})
+        self._log_refusal(rule, decision.action, statement_fingerprint(raw), len(raw))
         if decision.needs_approval:
             return InsufficientPrivilege(
                 f'statement needs approval under policy rule "{rule}"',
@@ -739,6 +772,24 @@ class Session:
             f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),
             hint=decision.hint or "ask a DBA if you need this",
         )
+
+    def _log_refusal(self, rule: str, action: str, fingerprint: str | None, size: int, *, position: int | None = None) -> None:
+        """One line per refused statement: who, which rule, and the statement
+        by its fingerprint (constants left out) — never its text."""
+        principal = self.principal
+        extra: dict[str, object] = {
+            # Named here: in the reactor's callbacks the log context is not the session's.
+            "session": self.id,
+            "user": principal.user if principal is not None else None,
+            "database": self.database,
+            "rule": rule,
+            "action": action,
+            "fingerprint": fingerprint or "unparsable",
+            "statement_bytes": size,
+        }
+        if position:
+            extra["error_position"] = position
+        log.info("statement refused", extra=extra)
 
     def _note_ddl(self, analysis) -> None:
         """DDL let through: the catalog snapshot is out of date. Remember the

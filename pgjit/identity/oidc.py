@@ -737,7 +737,12 @@ class TokenVerifier:
             raise _refuse("token has no expiry ('exp'); pgjit refuses tokens that never expire")
         if not _is_number(exp):
             raise _refuse("token expiry ('exp') is not a number")
-        if now > exp + skew:
+        # No skew on expiry: the session's JIT role is VALID UNTIL the token's
+        # exp, so a token past it would log in as a role already dead (a
+        # confusing "password authentication failed" from the server). The
+        # skew only forgives an identity provider whose clock runs ahead
+        # (nbf, iat below).
+        if now >= exp:
             raise _refuse(
                 f"token expired at {format_timestamp(exp)} ({_format_span(now - exp)} ago)",
                 hint=stale_hint,

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 
 import trio
 
-from pgjit.errors import UpstreamUnavailable
+from pgjit.errors import InvalidAuthorization, UpstreamUnavailable
 from pgjit.jit.admin import AdminConnection, AdminConnectionError, AdminSQLError
 from pgjit.jit.naming import is_jit_role_name, like_escape, quote_ident, quote_literal, role_name
 from pgjit.protocol.scram import make_verifier
@@ -84,6 +84,43 @@ class JitRoleError(UpstreamUnavailable):
 
     def __init__(self, message: str = "could not prepare the database session", **kw) -> None:
         super().__init__(message, **kw)
+
+
+class JitSetupError(InvalidAuthorization):
+    """The session's role cannot be made as the policy says, because of the
+    database's setup (a granted role is missing, the admin may not grant it):
+    28000 FATAL naming the role and the fix. Nothing of the client's ran."""
+
+
+_NO_ROLE = re.compile(r'role "((?:[^"]|"")*)" does not exist')
+_SETUP_FIX = "a DBA creates it once (pgjit/jit/SETUP.md); `pgjit check-config --connect` lists everything that is missing"
+
+
+def setup_error(sqlstate: str, message: str, grants: Sequence[str], owner: str | None) -> JitSetupError | None:
+    """The client-facing error for a CREATE ROLE that failed because of the
+    database's setup, or None when the failure is something else."""
+    if sqlstate == UNDEFINED_OBJECT:
+        mo = _NO_ROLE.search(message)
+        missing = mo.group(1) if mo else None
+        what = "owner role" if missing is not None and missing == owner else "role"
+        if missing is None:
+            return JitSetupError(
+                "the policy grants a role that does not exist on the database server",
+                detail=f"roles granted: {', '.join([*grants, *([owner] if owner else [])])}",
+                hint=_SETUP_FIX,
+            )
+        return JitSetupError(
+            f'the policy grants {what} "{missing}", which does not exist on the database server',
+            hint=f"a DBA runs CREATE ROLE {quote_ident(missing)} NOLOGIN and grants it what sessions need (pgjit/jit/SETUP.md); "
+            "`pgjit check-config --connect` lists everything that is missing",
+        )
+    if sqlstate == "42501" and "grant" in message.lower():
+        return JitSetupError(
+            "pgjit's admin role may not grant the roles this policy grants",
+            detail=message,
+            hint="on PostgreSQL 16 and later the admin needs ADMIN OPTION on each granted role (pgjit/jit/SETUP.md, section 3)",
+        )
+    return None
 
 
 def _iso(epoch: float) -> str:
@@ -210,13 +247,22 @@ class JitBroker:
         valid_until: float,
         settings: Mapping[str, str],
         created: float,
+        owner: str | None = None,
     ) -> str:
         role = quote_ident(name)
         create = f"CREATE ROLE {role} LOGIN PASSWORD {quote_literal(verifier)} VALID UNTIL {quote_literal(_iso(valid_until))} CONNECTION LIMIT 1"
-        if grants:
-            create += " IN ROLE " + ", ".join(quote_ident(g) for g in grants)
+        members_of = list(dict.fromkeys([*grants, *([owner] if owner else [])]))
+        if members_of:
+            create += " IN ROLE " + ", ".join(quote_ident(g) for g in members_of)
         comment = f"pgjit session {_comment_text(session_id)} for {_comment_text(person)} created {_iso(created)}"
         stmts = ["BEGIN", create, f"COMMENT ON ROLE {role} IS {quote_literal(comment)}"]
+        if owner:
+            # The server applies this at login, before the client's first
+            # byte: current_user is the owner for the whole session, so what
+            # it creates belongs to the owner. RESET ROLE and DISCARD ALL come
+            # back to it; only SET ROLE / set_config('role') leave it, and the
+            # gate refuses those (role_change).
+            stmts.append(f"ALTER ROLE {role} SET role = {quote_literal(owner)}")
         for key in sorted(settings):
             stmts.append(f"ALTER ROLE {role} SET {key} = {quote_literal(str(settings[key]))}")
         stmts.append("COMMIT")
@@ -229,11 +275,16 @@ class JitBroker:
         grants: Sequence[str],
         valid_until: float,
         settings: Mapping[str, str],
+        *,
+        owner: str | None = None,
     ) -> JitRole:
         """Create the session's role. Raises ValueError for settings outside
         :data:`ALLOWED_SETTINGS` or unusable grant names, and
         :class:`JitRoleError` if PostgreSQL refuses or cannot be reached (the
-        cause is logged). Nothing is left behind on failure."""
+        cause is logged). Nothing is left behind on failure.
+
+        ``owner``: a stable role the session acts as — the role is made a
+        member of it and its ``role`` setting names it."""
         bad = set(settings) - ALLOWED_SETTINGS
         if bad:
             raise ValueError(f"role settings not allowed: {', '.join(sorted(bad))}")
@@ -241,6 +292,10 @@ class JitBroker:
             quote_literal(str(value))
         for g in grants:
             quote_ident(g)
+        if owner is not None:
+            quote_ident(owner)
+            if is_jit_role_name(owner, self.prefix) or owner == self.owner_role:
+                raise ValueError(f"owner {owner!r} cannot be a JIT role or the reassign target {self.owner_role!r}")
         if not math.isfinite(valid_until):
             raise ValueError("valid_until must be a finite epoch time")
         started = time.monotonic()
@@ -255,7 +310,7 @@ class JitBroker:
             # off the event loop that relays every other session.
             verifier = await trio.to_thread.run_sync(make_verifier, password, None, self.scram_iterations)
             created = time.time()
-            sql = self._create_sql(name, verifier, person, session_id, grants, valid_until, settings, created)
+            sql = self._create_sql(name, verifier, person, session_id, grants, valid_until, settings, created, owner)
             self.live.add(name)
             try:
                 await self._execute(sql, retry=False)
@@ -273,6 +328,9 @@ class JitBroker:
                     "creating a role failed",
                     extra={"role": name, "session_id": session_id, "sqlstate": e.sqlstate, "error": e.message},
                 )
+                refusal = setup_error(e.sqlstate, e.message, grants, owner)
+                if refusal is not None:
+                    raise refusal from e
                 raise JitRoleError() from e
             except BaseException:
                 self.live.discard(name)
@@ -284,6 +342,7 @@ class JitBroker:
                     "session_id": session_id,
                     "valid_until": _iso(valid_until),
                     "grants": ",".join(grants),
+                    "owner": owner or "",
                     "ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
@@ -487,6 +546,7 @@ __all__ = [
     "JitBroker",
     "JitRole",
     "JitRoleError",
+    "JitSetupError",
     "SWEEP_LOCK_KEY",
     "SweepReport",
     "parse_created",

@@ -118,6 +118,18 @@ class _Bounded(OrderedDict):
             self.popitem(last=False)
 
 
+def statement_fingerprint(raw: bytes) -> str | None:
+    """PostgreSQL's fingerprint of a statement (constants left out), for logs
+    that must name a statement without its literals; None if it does not parse."""
+    try:
+        sql = raw.decode("utf-8")
+        if "\x00" in sql:
+            return None
+        return _pg.fingerprint(sql)
+    except Exception:
+        return None
+
+
 class Gate:
     """A policy plus the caches that make checking cheap. One per target,
     shared by its sessions so that they warm each other's caches."""

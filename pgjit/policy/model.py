@@ -302,6 +302,9 @@ class AccessEntry:
     max_session: int
     settings: tuple[tuple[str, str], ...]
     line: int = 0
+    #: The stable role the session acts as (``ALTER ROLE … SET role``): what
+    #: it creates is owned by this role, so later sessions can change it.
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ class AccessGrant:
     max_session: int
     settings: dict[str, str] = field(default_factory=dict)
     groups: tuple[str, ...] = ()
+    owner: str | None = None  # the role every statement of the session runs as
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +579,7 @@ class Policy:
             max_session=min(e.max_session for e in entries),
             settings=settings,
             groups=tuple(dict.fromkeys(e.group for e in entries)),
+            owner=next((e.owner for e in entries if e.owner), None),
         )
 
 
@@ -857,6 +862,7 @@ def _build(data: Any, marks: _Marks, filename: str) -> Policy:
                 max_session=max_session,
                 settings=tuple(settings),
                 line=marks.line(path),
+                owner=raw.get("owner"),
             )
         )
     tests = tuple(_test_cases(data.get("tests", []), ("tests",), marks))

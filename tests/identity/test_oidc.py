@@ -244,8 +244,16 @@ def test_es256_and_ps256_tokens_verify() -> None:
 
 def test_skew_tolerated() -> None:
     verifier, _, _ = make(clock_skew=60)
-    token = sign(claims(exp=int(NOW) - 30, nbf=int(NOW) + 30, iat=int(NOW) + 30))
+    token = sign(claims(nbf=int(NOW) + 30, iat=int(NOW) + 30))
     assert verifier.verify(token, "token", now=NOW)
+
+
+def test_expired_inside_the_skew_window_is_expired() -> None:
+    # The skew forgives an issuer whose clock runs ahead (nbf, iat), never an
+    # expired token: its JIT role would be past VALID UNTIL before it logs in.
+    verifier, _, _ = make(clock_skew=60)
+    err = refused(verifier, sign(claims(exp=int(NOW) - 30)))
+    assert isinstance(err, InvalidPassword) and err.message.startswith("token expired at ")
 
 
 # ---------------------------------------------------------------------------- refused tokens

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from pgjit.jit.admin import AdminConnection, AdminConnectionError, AdminSQLError
-from pgjit.jit.broker import SWEEP_LOCK_KEY, JitBroker, JitRole, JitRoleError, parse_created
+from pgjit.jit.broker import SWEEP_LOCK_KEY, JitBroker, JitRole, JitRoleError, JitSetupError, parse_created
 from pgjit.jit.naming import is_jit_role_name
 
 pytestmark = pytest.mark.pg
@@ -289,9 +289,14 @@ def test_create_role_rejects_bad_input_and_leaves_nothing(jit_pg):
                 await broker.create_role("eve", "s", ["x\x00y"], time.time() + 60, {})
             # PostgreSQL refuses (unknown group role, bad setting value):
             # the transaction leaves nothing behind.
-            with pytest.raises(JitRoleError) as ei:
+            # A granted role that does not exist: 28000 naming it and the fix.
+            with pytest.raises(JitSetupError) as ei:
                 await broker.create_role("eve", "s", ["no_such_group"], time.time() + 60, {})
-            assert ei.value.sqlstate == "08006" and ei.value.fatal
+            assert ei.value.sqlstate == "28000" and ei.value.fatal
+            assert '"no_such_group"' in ei.value.message and "CREATE ROLE" in ei.value.hint
+            with pytest.raises(JitSetupError) as ei:
+                await broker.create_role("eve", "s", ["pgjit_read"], time.time() + 60, {}, owner="no_such_owner")
+            assert 'owner role "no_such_owner"' in ei.value.message
             with pytest.raises(JitRoleError):
                 await broker.create_role("eve", "s", ["pgjit_read"], time.time() + 60, {"statement_timeout": "'; drop table customers; --"})
             # the admin connection is still usable afterwards
