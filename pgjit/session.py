@@ -171,7 +171,15 @@ class Session:
         except PgjitError as e:
             self.end_reason = _outcome(e)
             if e.fatal:
-                log.info("session refused", extra={"sqlstate": e.sqlstate, "reason": e.message, "phase": self.phase.value})
+                log.info(
+                    "session refused",
+                    extra={
+                        "sqlstate": e.sqlstate,
+                        "reason": e.message,
+                        "phase": self.phase.value,
+                        "user": self.principal.user if self.principal is not None else None,
+                    },
+                )
             await self._send_error(e)
         except (EOFError, TransportClosed):
             self.end_reason = "client_gone" if self.phase is not Phase.RELAY else self.end_reason
@@ -676,6 +684,7 @@ class Session:
                     replacement = self._refuse(error, sync=False)
             elif tag == F_FUNCTION_CALL:
                 self.ctr.rfq_sent += 1
+                self._log_refusal("pgjit:function-call", "deny", "function-call", stop - start)
                 replacement = self._refuse(
                     FeatureNotSupported(
                         "the FunctionCall protocol message is not allowed through pgjit",
@@ -735,13 +744,13 @@ class Session:
         try:
             analysis, decision = gate.verdict(raw, self.groups, self.prepared, self.overlay)
         except UnicodeDecodeError:
-            self._log_refusal("pgjit:not-utf8", "deny", None, len(raw))
+            self._log_refusal("pgjit:not-utf8", "deny", "not-utf8", len(raw))
             return FeatureNotSupported(
                 "pgjit could not read the statement: it is not valid UTF-8",
                 hint="use client_encoding UTF8",
             )
         except ParseFailure as e:
-            self._log_refusal("pgjit:unparsable", "deny", None, len(raw), position=e.cursorpos)
+            self._log_refusal("pgjit:unparsable", "deny", "unparsable", len(raw), position=e.cursorpos)
             return SyntaxErrorSQL(
                 f"pgjit could not parse the statement: {e.message}",
                 position=e.cursorpos if e.cursorpos and e.cursorpos > 0 else None,
@@ -761,7 +770,7 @@ class Session:
             if keeper is not None:
                 keeper.request_refresh()  # a name created since the last snapshot
         metrics.STATEMENTS_DENIED.labels(decision.action).inc()
-        self._log_refusal(rule, decision.action, statement_fingerprint(raw), len(raw))
+        self._log_refusal(rule, decision.action, statement_fingerprint(raw) or "unparsable", len(raw))
         if decision.needs_approval:
             return InsufficientPrivilege(
                 f'statement needs approval under policy rule "{rule}"',
@@ -773,9 +782,10 @@ class Session:
             hint=decision.hint or "ask a DBA if you need this",
         )
 
-    def _log_refusal(self, rule: str, action: str, fingerprint: str | None, size: int, *, position: int | None = None) -> None:
+    def _log_refusal(self, rule: str, action: str, fingerprint: str, size: int, *, position: int | None = None) -> None:
         """One line per refused statement: who, which rule, and the statement
-        by its fingerprint (constants left out) — never its text."""
+        by its fingerprint (PostgreSQL's, constants left out; or what kept it
+        from having one) — never its text."""
         principal = self.principal
         extra: dict[str, object] = {
             # Named here: in the reactor's callbacks the log context is not the session's.
@@ -784,7 +794,7 @@ class Session:
             "database": self.database,
             "rule": rule,
             "action": action,
-            "fingerprint": fingerprint or "unparsable",
+            "fingerprint": fingerprint,
             "statement_bytes": size,
         }
         if position:
