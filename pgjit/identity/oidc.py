@@ -811,6 +811,17 @@ class TokenVerifier:
             for part in name.split("."):
                 value = value.get(part) if isinstance(value, Mapping) else None
         if value is None:
+            # Microsoft Entra ID leaves the groups out of a token when there are
+            # too many ("overage") and points at Graph instead. Reading that as
+            # "no groups" would hand the caller the policy's "*" access: refuse.
+            names = claims.get("_claim_names")
+            if (isinstance(names, Mapping) and name in names) or claims.get("hasgroups") is True:
+                raise _refuse(
+                    f"token's {_show(name)} claim was left out by the identity provider (group overage: "
+                    "the user is in too many groups for the token to carry them)",
+                    hint="have the identity provider emit only the groups assigned to this application, "
+                    "or use app roles (groups_claim: roles)",
+                )
             return frozenset()
         if isinstance(value, str):
             return frozenset(g for g in _GROUP_SPLIT.split(value) if g)
