@@ -43,7 +43,7 @@ SETUP: Final = "pgjit/jit/SETUP.md"
 SEE_ROLES: Final = f"{SETUP}, section 1 (Roles)"
 SEE_PRIVILEGES: Final = f"{SETUP}, section 2 (Privileges)"
 SEE_PG16: Final = f"{SETUP}, section 3 (PostgreSQL 16 and later)"
-SEE_OWNER: Final = f"{SETUP} (owner roles; sections 2 and 3 for the grants)"
+SEE_OWNER: Final = f"{SETUP}, \"Owner roles\""
 
 #: server_version_num from which CREATEROLE no longer lets a role grant
 #: membership in any role: it needs ADMIN OPTION on each.
