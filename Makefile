@@ -4,8 +4,13 @@
 #
 #   make test    system deps + venv, then the whole test suite
 #   make demo    a PostgreSQL with sample data and the gateway in front of it
+#                (TLS with a throwaway CA, state in .demo/); prints the commands
+#                that connect through it. PORT=7432 picks the gateway's port
+#                (default 6432, what `pgjit dsn` assumes). A demo killed with
+#                kill -9 is cleaned up by the next `make demo` or `make clean`.
 #   make bench   benchmarks (pgjit/devtools/bench.py)
-#   make clean   remove the venv, caches and the demo/bench state
+#   make clean   stop what a demo left running; remove the venv, caches and
+#                the demo/bench state
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -115,15 +120,20 @@ test: sysdeps venv
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$rc
 
+# PORT is taken from the command line only (`make demo PORT=7432`): a PORT in
+# the environment belongs to some other tool.
+DEMO_ARGS := $(if $(filter command line,$(origin PORT)),--port $(PORT))
+
 demo: sysdeps venv
-	$(PY) -m pgjit.devtools.demo
+	$(PY) -m pgjit.devtools.demo $(DEMO_ARGS)
 
 bench: sysdeps sysdeps-bench venv
 	$(PY) -m pgjit.devtools.bench
 
 clean:
-	@# Stop a demo cluster left running (e.g. after kill -9) before removing it.
-	@if [ -x $(PY) ] && [ -e .demo/pgdata/postmaster.pid ]; then $(PY) -c 'from pgjit.devtools.pgcluster import PgCluster; PgCluster(".demo/pgdata").stop()' || true; fi
+	@# Stop a demo, its gateway and its PostgreSQL left running (e.g. after kill -9;
+	@# found through .demo/demo.pid, .demo/gateway.pid, .demo/pgdata/postmaster.pid).
+	@if [ -x $(PY) ] && [ -d .demo ]; then $(PY) -m pgjit.devtools.demo --stop --dir .demo || true; fi
 	@# The demo's data directory may be a symlink into /tmp (see pgjit/devtools/demo.py).
 	@if [ -L .demo/pgdata ]; then t=$$(readlink -f .demo/pgdata); case "$$t" in /tmp/pgjit-demo-*) rm -rf "$$(dirname "$$t")";; esac; fi
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info .demo .bench

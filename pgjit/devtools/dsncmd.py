@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import shlex
 import sys
@@ -29,12 +30,29 @@ from urllib.parse import quote
 
 from pgjit.identity.devissuer import _duration_arg, _groups_arg, mint_from_args
 
-__all__ = ["FORMATS", "SSLMODES", "build_parser", "render", "run", "token_claims"]
+__all__ = [
+    "DEFAULT_DBNAME",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_SSLMODE",
+    "FORMATS",
+    "SSLMODES",
+    "build_parser",
+    "render",
+    "run",
+    "token_claims",
+]
 
 _COMMAND: Final = "pgjit_dsn_command"
 FORMATS: Final = ("url", "keyword", "psql", "env", "mcp")
 SSLMODES: Final = ("disable", "require", "verify-full")
 MCP_PACKAGE: Final = "@modelcontextprotocol/server-postgres"
+# The defaults match `make demo` (pgjit.devtools.demo imports them): the demo's
+# gateway listens on 127.0.0.1:6432 with TLS and serves the target appdb.
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 6432
+DEFAULT_DBNAME: Final = "appdb"
+DEFAULT_SSLMODE: Final = "require"
 
 DESCRIPTION = """\
 Print a connection string for the pgjit gateway whose password is an OIDC
@@ -67,15 +85,18 @@ formats:
            or Claude Desktop's config
 
 sslmode: 'require' (the default) encrypts; 'verify-full' also checks the
-gateway's certificate (give --sslrootcert). 'disable' works only when the
-gateway allows plain connections (oidc.allow_insecure_loopback, 127.0.0.1).
-Note that node-postgres (used by the MCP server) verifies the certificate for
-sslmode=require too.
+gateway's certificate (give --sslrootcert; `make demo` makes .demo/ca.pem).
+'disable' works only when the gateway allows plain connections
+(oidc.allow_insecure_loopback, 127.0.0.1). Note that node-postgres (used by
+the MCP server) verifies the certificate for sslmode=require too, so give it
+--sslrootcert; in the mcp format that path is made absolute, because the MCP
+server does not run in your working directory.
 
-examples:
+examples (against `make demo`, whose gateway these defaults describe):
   pgjit dsn --key .demo/issuer/signing-key.pem --sub alice@example.com --groups analysts
-  psql "$(pgjit dsn --key … --sub alice@example.com --sslmode disable)"
-  pgjit dsn --key … --sub alice@example.com --ttl 8h --sslmode disable --format mcp
+  psql "$(pgjit dsn --key … --sub alice@example.com)"
+  psql "$(pgjit dsn --key … --sub alice@example.com --sslmode verify-full --sslrootcert .demo/ca.pem)"
+  pgjit dsn --key … --sub alice@example.com --ttl 8h --sslmode verify-full --sslrootcert .demo/ca.pem --format mcp
 """
 
 
@@ -120,7 +141,11 @@ def _url_host(host: str) -> str:
 
 
 def _params(args: argparse.Namespace) -> list[tuple[str, str]]:
-    extra = [("sslrootcert", args.sslrootcert)] if args.sslrootcert else []
+    root = args.sslrootcert
+    if root and args.format == "mcp":
+        # The MCP server runs wherever Cursor starts it: a relative path would not resolve.
+        root = os.path.abspath(os.path.expanduser(root))
+    extra = [("sslrootcert", root)] if root else []
     return [("sslmode", args.sslmode), *extra]
 
 
@@ -185,12 +210,17 @@ def build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     mint.add_argument("--email", default=None, metavar="E", help="email claim (default: --sub if it is an email)")
     mint.add_argument("--issuer", default=None, metavar="URL", help="issuer (default: from issuer.json beside the key)")
     conn = p.add_argument_group("where to connect")
-    conn.add_argument("--host", default="127.0.0.1", help="the gateway's host (default 127.0.0.1)")
-    conn.add_argument("--port", type=_port_arg, default=6432, help="the gateway's port (default 6432)")
-    conn.add_argument("--dbname", default="appdb", help="the target name in the gateway's config (default appdb)")
+    conn.add_argument("--host", default=DEFAULT_HOST, help=f"the gateway's host (default {DEFAULT_HOST})")
+    conn.add_argument("--port", type=_port_arg, default=DEFAULT_PORT, help=f"the gateway's port (default {DEFAULT_PORT}, as in make demo)")
+    conn.add_argument("--dbname", default=DEFAULT_DBNAME, help=f"the target name in the gateway's config (default {DEFAULT_DBNAME})")
     conn.add_argument("--user", default=None, help="database user name (default: the token's email, else its sub)")
-    conn.add_argument("--sslmode", choices=SSLMODES, default="require", help="default require; disable only for a loopback gateway with oidc.allow_insecure_loopback")
-    conn.add_argument("--sslrootcert", default=None, metavar="PATH", help="CA file for --sslmode verify-full")
+    conn.add_argument(
+        "--sslmode",
+        choices=SSLMODES,
+        default=DEFAULT_SSLMODE,
+        help=f"default {DEFAULT_SSLMODE}; disable only for a loopback gateway with oidc.allow_insecure_loopback",
+    )
+    conn.add_argument("--sslrootcert", default=None, metavar="PATH", help="CA file for --sslmode verify-full (make demo: .demo/ca.pem); made absolute for --format mcp")
     p.add_argument("--format", "-f", choices=FORMATS, default="url", help="what to print (default url; see below)")
     p.add_argument("--quiet", "-q", action="store_true", help="no note about the token's expiry on stderr")
     p.set_defaults(**{_COMMAND: True})
