@@ -9,6 +9,9 @@
 #                (default 6432, what `pgjit dsn` assumes). A demo killed with
 #                kill -9 is cleaned up by the next `make demo` or `make clean`.
 #   make bench   benchmarks (pgjit/devtools/bench.py)
+#   make peer-tests PSYCOPG_SRC=/path/to/psycopg
+#                psycopg's own test suite, directly and through the gateway
+#                (docs/peer-tests.md; not part of `make test`)
 #   make clean   stop what a demo left running; remove the venv, caches and
 #                the demo/bench state
 
@@ -26,7 +29,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all venv sysdeps sysdeps-bench test demo bench clean
+.PHONY: all venv sysdeps sysdeps-bench test demo bench peer-tests peer-tests-check clean
 
 all: test
 
@@ -129,6 +132,23 @@ demo: sysdeps venv
 
 bench: sysdeps sysdeps-bench venv
 	$(PY) -m pgjit.devtools.bench
+
+# psycopg 3's own test suite, run directly and through a pass-through gateway
+# (docs/peer-tests.md). For developers and nightly runs; not part of `make
+# test`. PSYCOPG_SRC names a psycopg source checkout (the suite is not in its
+# sdist); the suite's own packages go into .peer-venv, not .venv.
+PSYCOPG_SRC ?=
+PEER_ARGS ?=
+
+# The checkout is checked first, before sysdeps and venv do any work.
+peer-tests: peer-tests-check sysdeps venv
+	$(PY) -m pgjit.devtools.peertests --psycopg-src "$(PSYCOPG_SRC)" $(PEER_ARGS)
+
+peer-tests-check:
+	@if [ -z "$(PSYCOPG_SRC)" ]; then \
+	  echo "make peer-tests: set PSYCOPG_SRC to a psycopg source checkout, e.g. make peer-tests PSYCOPG_SRC=$$HOME/src/psycopg" >&2; exit 2; fi
+	@if [ ! -f "$(PSYCOPG_SRC)/tests/conftest.py" ] || [ ! -f "$(PSYCOPG_SRC)/psycopg/pyproject.toml" ]; then \
+	  echo "make peer-tests: PSYCOPG_SRC=$(PSYCOPG_SRC) is not a psycopg source checkout (no tests/conftest.py or psycopg/pyproject.toml)" >&2; exit 2; fi
 
 clean:
 	@# Stop a demo, its gateway and its PostgreSQL left running (e.g. after kill -9;
