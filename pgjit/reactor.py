@@ -158,12 +158,14 @@ class Relay:
         if out:
             self._send(self.ufd, out)
         if stop:
-            # Terminate: forwarded; the client is not read again, and its
-            # socket closes after the server's, once what the server still
-            # sends (the reply of a query that was running) has reached it.
             self.session.end_reason = "ok"
-            self.session.terminating = True
-            self._set_mask(self.cfd, self._mask[self.cfd] & ~_IN)
+            if self.session.terminating:
+                # A Terminate went upstream: the client is not read again, and
+                # its socket closes after the server's, once what the server
+                # still sends (the reply of a query that was running) is through.
+                self._set_mask(self.cfd, self._mask[self.cfd] & ~_IN)
+            else:
+                self._finish()
         self._sync()
 
     def _sync(self) -> None:
@@ -176,6 +178,7 @@ class Relay:
             core.c_fast = not halted and not session.terminating and backlog[self.ufd] is None and session._c_pending is None
             core.s_fast = (
                 not halted
+                and not session.terminating  # the drain after Terminate watches each ReadyForQuery
                 and backlog[self.cfd] is None
                 and session._s_skip == 0
                 and session._s_pending is None

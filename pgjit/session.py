@@ -73,8 +73,12 @@ _STREAM_THRESHOLD = 64 * 1024
 # Upstream messages may be as large as PostgreSQL allows (1 GB field + header).
 _MAX_BACKEND_MESSAGE = (1 << 30) + (1 << 20)
 
+# After a Terminate, how long the relay waits for the server to close once no
+# reply is due any more.
+_DRAIN_GRACE = 1.0
+
 # A token must leave its JIT role at least this long to log in with.
-_MIN_ROLE_SECONDS = 2.0
+_MIN_ROLE_SECONDS = 1.0
 
 # Startup parameters that are not server settings (or are checked otherwise).
 _STARTUP_NOT_SETTINGS = frozenset(("user", "database", "replication", "options", "application_name"))
@@ -537,6 +541,8 @@ class Session:
                     rewrite = True
             last = frames[-1]
             ctr.last_was_error = last[0] == B_ERROR and last[2] == end
+            if self.terminating:
+                self._arm_drain()
             if rewrite or self._rewrites:
                 out = self._backend_frames(data, frames, end)
             else:
@@ -588,6 +594,16 @@ class Session:
             return bytes(head) + bytes(out)
         return out
 
+    def _arm_drain(self) -> None:
+        """After the client's Terminate the relay waits for the server to
+        close its side — as long as a reply is due, and once none is, at most
+        ``_DRAIN_GRACE`` more (a server that took the Terminate as stray bytes,
+        e.g. in COPY FROM STDIN, would otherwise wait for the client forever)."""
+        ctr = self.ctr
+        scope = self._relay_scope
+        if scope is not None and ctr.rfq_sent == ctr.rfq_received:
+            scope.deadline = min(scope.deadline, trio.current_time() + _DRAIN_GRACE)
+
     def upstream_eof(self) -> None:
         """The upstream closed: if the client was not told why, say so."""
         if self.terminating:
@@ -614,10 +630,10 @@ class Session:
                     if out:
                         await up.send_all(out)
                     if stop:
-                        # Terminate went upstream: the server's side closes
-                        # first, after anything it still sends the client.
+                        # A Terminate that went upstream (``terminating``): the
+                        # server's side closes first, after anything it still
+                        # sends the client. Otherwise (halted) the relay ends now.
                         self.end_reason = "ok"
-                        self.terminating = True
                         return
                 data = await client.receive()
                 if not data:
@@ -670,6 +686,10 @@ class Session:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
             if tag == F_TERMINATE:
                 out.append(bytes(buf[seg:stop]))
+                # The relay ends when the server has closed its side, after
+                # whatever it still sends the client (see reactor/_client_to_server).
+                self.terminating = True
+                self._arm_drain()
                 return b"".join(out), True
             replacement: bytes | None = None
             if tag == F_QUERY:

@@ -178,3 +178,23 @@ def test_client_gone_after_terminate_ends_the_session(gw, pg):
         time.sleep(0.05)
     else:
         raise AssertionError("the upstream backend outlived its client's Terminate")
+
+
+def test_terminate_in_copy_from_stdin_does_not_hang(gw, pg):
+    """In COPY FROM STDIN the server takes a Terminate for stray bytes, fails
+    the COPY and waits for more: pgjit closes once nothing more is due, rather
+    than wait with it for a client that has said goodbye."""
+    pg.execute("create table if not exists pgjit_copy_probe (a int); grant insert on pgjit_copy_probe to app", dbname="appdb")
+    try:
+        with raw(gw) as c:
+            c.login()
+            c.send(m.Query("copy pgjit_copy_probe from stdin"))
+            assert type(c.read_message()).__name__ == "CopyInResponse"
+            c.send(m.CopyData(b"1\n"), m.Terminate())
+            started = time.monotonic()
+            assert c.closed_by_peer(timeout=10)
+            assert time.monotonic() - started < 5
+        # Nothing was committed, and the server's backend is gone.
+        assert pg.execute("select count(*) from pgjit_copy_probe", dbname="appdb") == [(0,)]
+    finally:
+        pg.execute("drop table if exists pgjit_copy_probe", dbname="appdb")
