@@ -105,6 +105,9 @@ def test_compare_classifies_differences() -> None:
     assert d.flaky and not d.unexpected
     d.rerun_direct, d.rerun_gateway = "passed", "failed"
     assert d.reproduced and d.unexpected
+    # Differing the other way round on the re-run is no reproduction either.
+    d.rerun_direct, d.rerun_gateway = "failed", "passed"
+    assert d.flaky and not d.unexpected
 
 
 @pytest.mark.parametrize("name", ["function-call", "replication"])

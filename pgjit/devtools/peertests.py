@@ -233,12 +233,18 @@ def ensure_venv(venv: Path, src: Path, client: str, impl: str, *, reinstall: boo
         else:
             _pip(py, *packages)
         stamp.write_text(json.dumps(wanted, indent=1) + "\n")
+    return {"venv": str(venv), "client": client, "impl": impl, "versions": venv_versions(venv), "checkout": checkout}
+
+
+def venv_versions(venv: Path) -> dict[str, str]:
+    """Versions of the packages that matter in the peer virtualenv."""
     versions = {}
     for dist in ("psycopg", "psycopg-pool", "psycopg-binary", "pytest"):
-        r = subprocess.run([str(py), "-c", f"from importlib.metadata import version; print(version({dist!r}))"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([str(_venv_python(venv)), "-c", f"from importlib.metadata import version; print(version({dist!r}))"],
+                           capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             versions[dist] = r.stdout.strip()
-    return {"venv": str(venv), "client": client, "impl": impl, "versions": versions, "checkout": checkout}
+    return versions
 
 
 # ---------------------------------------------------------------- the gateway
@@ -537,9 +543,14 @@ class Difference:
 
     @property
     def reproduced(self) -> bool | None:
+        """Whether the re-run differs the same way: the same side fails (or
+        neither fails but the outcomes differ again, e.g. skipped/passed)."""
         if self.rerun_direct is None or self.rerun_gateway is None:
             return None
-        return self.rerun_direct != self.rerun_gateway
+        if self.rerun_direct == self.rerun_gateway:
+            return False
+        fails = lambda a, b: (a in _FAILING, b in _FAILING)  # noqa: E731
+        return fails(self.rerun_direct, self.rerun_gateway) == fails(self.direct, self.gateway)
 
     @property
     def flaky(self) -> bool:
@@ -792,7 +803,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.no_setup:
         if not _venv_python(args.venv).is_file():
             raise SetupError(f"--no-setup but {args.venv} has no bin/python")
-        env_info = {"venv": str(args.venv), "client": args.client, "impl": args.impl, "versions": {}, "checkout": checkout_description(src)}
+        env_info = {"venv": str(args.venv), "client": args.client, "impl": args.impl, "versions": venv_versions(args.venv),
+                    "checkout": checkout_description(src)}
     else:
         env_info = ensure_venv(args.venv, src, args.client, args.impl, reinstall=args.reinstall)
     workdir = args.workdir or Path(make_temp_base("pgjit-peer-"))
@@ -843,8 +855,14 @@ def _main(args: argparse.Namespace) -> int:
             if rerun and gw is not None and gw.alive:
                 note(f"re-running {len(rerun)} differing tests both ways")
                 ids = [d.nodeid for d in rerun if d.nodeid != "<collection>"]
-                rd = run_pytest("rerun-direct", dsn=direct_dsn, tests=ids, **common)
-                rg = run_pytest("rerun-gateway", dsn=gateway_dsn, tests=ids, **common)
+                if parallel:
+                    rd, rg = run_pytest_parallel([
+                        PytestRun("rerun-direct", dsn=direct_dsn, tests=ids, **common),
+                        PytestRun("rerun-gateway", dsn=gateway_dsn, tests=ids, **common),
+                    ])
+                else:
+                    rd = run_pytest("rerun-direct", dsn=direct_dsn, tests=ids, **common)
+                    rg = run_pytest("rerun-gateway", dsn=gateway_dsn, tests=ids, **common)
                 for d in rerun:
                     d.rerun_direct = _outcome(rd.results.get(d.nodeid))
                     d.rerun_gateway = _outcome(rg.results.get(d.nodeid))
