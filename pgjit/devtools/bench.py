@@ -179,26 +179,41 @@ def jit_section(workdir: Path, pg: PgCluster, direct: Target, static_port: int, 
         oidc={"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
               "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True},
     )
+    # The same with an owner role (policies/examples/migrations.yaml: the
+    # role is also made a member of app_migrator and set to it at login).
+    owner_proc, owner_port = start_pgjit(
+        workdir, pg, "pgjit-oidc-owner",
+        target={"user": "pgjit_admin", "password": "adminpass",
+                "policy": str(REPO / "policies" / "examples" / "migrations.yaml"), "jit": {"owner_role": "pgjit_owner"}},
+        oidc={"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
+              "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True},
+    )
     try:
         key = issuer_dir / "signing-key.pem"
 
-        def token_dsn() -> str:
-            tok = mint_token(key, "alice@example.com", ["analysts"], 600)
+        def token_dsn(port: int = port, groups: tuple[str, ...] = ("analysts",)) -> str:
+            tok = mint_token(key, "alice@example.com", list(groups), 600)
             return f"host=127.0.0.1 port={port} dbname=appdb user=alice@example.com password={tok} sslmode=disable"
 
+        def owner_dsn() -> str:
+            return token_dsn(owner_port, ("deployers",))
+
         connect_latency(token_dsn, 3)  # warm up (JWKS, admin connection)
+        connect_latency(owner_dsn, 3)
         rows = {
             "direct": connect_latency(lambda: f"host=127.0.0.1 port={direct.port} dbname=appdb user=app password=apppass sslmode=disable", n),
             "pgjit static": connect_latency(lambda: f"host=127.0.0.1 port={static_port} dbname=appdb user=alice password=x sslmode=disable", n),
             "pgjit JIT": connect_latency(token_dsn, n),
+            "pgjit JIT+owner": connect_latency(owner_dsn, n),
         }
         print(f"\nconnect latency, connect + first query ({n} sequential connections each)")
-        print(f"  {'target':<13} {'p50 ms':>8} {'p95 ms':>8}")
+        print(f"  {'target':<15} {'p50 ms':>8} {'p95 ms':>8}")
         for name, vals in rows.items():
-            print(f"  {name:<13} {percentile(vals, 50):>8.1f} {percentile(vals, 95):>8.1f}")
+            print(f"  {name:<15} {percentile(vals, 50):>8.1f} {percentile(vals, 95):>8.1f}")
     finally:
-        proc.terminate()
-        proc.wait(15)
+        for p in (proc, owner_proc):
+            p.terminate()
+            p.wait(15)
 
 
 def gate_section() -> None:
