@@ -54,7 +54,7 @@ from typing import IO
 import yaml
 
 from pgjit.devtools.dsncmd import DEFAULT_DBNAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SSLMODE
-from pgjit.devtools.pgcluster import PgCluster, PgClusterError, free_port, wait_for_port
+from pgjit.devtools.pgcluster import PgCluster, PgClusterError, free_port, pid_alive, wait_for_port
 from pgjit.identity.devissuer import DEV_ISSUER, SIGNING_KEY, init_issuer, mint_token
 from pgjit.jit import setupsql
 
@@ -252,22 +252,6 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting for its parent counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    state = stat.rsplit(")", 1)[-1].split()[:1]
-    return state != ["Z"] and state != ["X"]
 
 
 def _cmdline(pid: int) -> list[str] | None:

@@ -651,29 +651,23 @@ def report(direct: RunResult | None, gateway: RunResult | None, diffs: list[Diff
     say(f"== differences: {len(diffs)} ({len(expected)} expected, {len(unexpected)} unexpected, "
         f"{len(better)} failing only directly, {len(flaky)} that did not reproduce)")
     say("")
-    say("-- expected (pgjit refuses on purpose):")
-    if not expected:
-        say("   none")
-    for d in expected:
-        say(f"   {d.nodeid}: direct {d.direct}, through pgjit {d.gateway} [{d.expected.name}: {d.expected.reason}]")  # type: ignore[union-attr]
-    say("")
-    say("-- unexpected:")
-    if not unexpected:
-        say("   none")
-    for d in unexpected:
-        _say_difference(d, log)
-    say("")
-    say("-- unexpected, but failing only directly (no regression of pgjit's; listed, not counted):")
-    if not better:
-        say("   none")
-    for d in better:
-        _say_difference(d, log)
-    say("")
-    say("-- did not reproduce when re-run both ways (timing-sensitive tests on a busy machine; listed, not counted):")
-    if not flaky:
-        say("   none")
-    for d in flaky:
-        _say_difference(d, log)
+    sections = (
+        ("expected (pgjit refuses on purpose)", expected, None),
+        ("unexpected", unexpected, log),
+        ("unexpected, but failing only directly (no regression of pgjit's; listed, not counted)", better, log),
+        ("did not reproduce when re-run both ways (timing-sensitive tests on a busy machine; listed, not counted)", flaky, log),
+    )
+    for i, (title, items, with_log) in enumerate(sections):
+        if i:
+            say("")
+        say(f"-- {title}:")
+        if not items:
+            say("   none")
+        for d in items:
+            if with_log is None:
+                say(f"   {d.nodeid}: direct {d.direct}, through pgjit {d.gateway} [{d.expected.name}: {d.expected.reason}]")  # type: ignore[union-attr]
+            else:
+                _say_difference(d, with_log)
 
 
 def _say_difference(d: Difference, log: list[dict[str, Any]]) -> None:

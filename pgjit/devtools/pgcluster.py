@@ -89,6 +89,22 @@ _CONF_INCLUDE = "include_if_exists = 'pgjit.conf'"
 _EMBEDDED_USER = "embedded_postgres"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its parent counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state != ["Z"] and state != ["X"]
+
+
 class PgClusterError(RuntimeError):
     """A PostgreSQL command failed; the message carries its output and the server log's tail."""
 
@@ -716,15 +732,7 @@ class PgCluster:
     @property
     def running(self) -> bool:
         pid = self.pid
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid is not None and pid_alive(pid)
 
     def server_log(self) -> str:
         """Text of ``<datadir>/server.log`` ("" before the first start)."""
