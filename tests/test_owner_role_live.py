@@ -107,15 +107,26 @@ def test_a_group_without_owner_keeps_its_own_role(pg, issuer, tmp_path):  # noqa
         gw.stop()
 
 
-def test_missing_granted_role_is_28000_naming_it(pg, issuer, tmp_path):  # noqa: F811
+def refused_under(pg, issuer, tmp_path, old: str, new: str):  # noqa: F811
+    """Start a gateway whose policy is migrations.yaml with ``old`` replaced by
+    ``new``; log in as a deployer; return (the gateway, the token, the errors)."""
     apply_setup_sql(pg)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(MIGRATIONS.read_text().replace("grant: [pgjit_write]", "grant: [pgjit_write, reporting_ro]"))
+    policy.write_text(MIGRATIONS.read_text().replace(old, new))
     gw = start_gateway(tmp_path / "gw", pg, **oidc_sections(pg, issuer, policy=policy))
     try:
         token = issuer.token(sub="ci@example.com", groups=("deployers",))
         with RawClient(gw.port) as c:
             errs = errors(c.login(user="ci@example.com", password=token))
+    except BaseException:
+        gw.stop()
+        raise
+    return gw, token, errs
+
+
+def test_missing_granted_role_is_28000_naming_it(pg, issuer, tmp_path):  # noqa: F811
+    gw, token, errs = refused_under(pg, issuer, tmp_path, "grant: [pgjit_write]", "grant: [pgjit_write, reporting_ro]")
+    try:
         assert errs and errs[0].severity == "FATAL" and errs[0].sqlstate == "28000"
         text = " | ".join(v for k, v in errs[0].fields if k in "MDH")
         assert '"reporting_ro"' in text and "does not exist" in text
@@ -129,14 +140,8 @@ def test_missing_granted_role_is_28000_naming_it(pg, issuer, tmp_path):  # noqa:
 
 
 def test_missing_owner_role_is_named_as_such(pg, issuer, tmp_path):  # noqa: F811
-    apply_setup_sql(pg)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(MIGRATIONS.read_text().replace("owner: app_migrator", "owner: schema_owner_missing"))
-    gw = start_gateway(tmp_path / "gw", pg, **oidc_sections(pg, issuer, policy=policy))
+    gw, _, errs = refused_under(pg, issuer, tmp_path, "owner: app_migrator", "owner: schema_owner_missing")
     try:
-        token = issuer.token(sub="ci@example.com", groups=("deployers",))
-        with RawClient(gw.port) as c:
-            errs = errors(c.login(user="ci@example.com", password=token))
         assert errs[0].sqlstate == "28000"
         assert 'owner role "schema_owner_missing"' in errs[0].message
     finally:

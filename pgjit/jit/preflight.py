@@ -297,15 +297,21 @@ def judge(facts: ServerFacts, target: "TargetConfig", *, jit: bool) -> list[Find
     def admin_option_fix(role: str) -> str:
         return f"GRANT {quote_ident(role)} TO {user} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;"
 
-    # ---- roles sessions are granted
-    for role, uses in grants.items():
+    def named(kind: str, role: str, uses) -> tuple[RoleFacts, str] | None:  # type: ignore[no-untyped-def]
+        """The role's facts and quoted name, or None (and an error) for a name
+        PostgreSQL could not accept."""
         why = _valid_name(role)
         if why is not None:
-            out.append(Finding(ERROR, f"grant role {role!r} named at {_uses(uses)} is not a valid role name: {why}",
+            out.append(Finding(ERROR, f"{kind} role {role!r} named at {_uses(uses)} is not a valid role name: {why}",
                                "fix the name in the policy"))
+            return None
+        return facts.roles.get(role) or RoleFacts(role, False), quote_ident(role)
+
+    # ---- roles sessions are granted
+    for role, uses in grants.items():
+        if (got := named("grant", role, uses)) is None:
             continue
-        r = facts.roles.get(role) or RoleFacts(role, False)
-        ident = quote_ident(role)
+        r, ident = got
         if not r.exists:
             fix = f"CREATE ROLE {ident} NOLOGIN;"
             if pg16:
@@ -361,13 +367,9 @@ def judge(facts: ServerFacts, target: "TargetConfig", *, jit: bool) -> list[Find
 
     # ---- owner roles (access entries' optional ``owner``)
     for role, uses in owners.items():
-        why = _valid_name(role)
-        if why is not None:
-            out.append(Finding(ERROR, f"owner role {role!r} named at {_uses(uses)} is not a valid role name: {why}",
-                               "fix the name in the policy"))
+        if (got := named("owner", role, uses)) is None:
             continue
-        r = facts.roles.get(role) or RoleFacts(role, False)
-        ident = quote_ident(role)
+        r, ident = got
         if not r.exists:
             fix = f"CREATE ROLE {ident} NOLOGIN;\nGRANT USAGE, CREATE ON SCHEMA public TO {ident};"
             if pg16:
