@@ -38,7 +38,11 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str = "info", file: str | None = None) -> None:
-    handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    # Text from clients (user and database names) may hold bytes that are not
+    # UTF-8 (kept as surrogates): written escaped, never dropped.
+    handler: logging.Handler = (
+        logging.FileHandler(file, encoding="utf-8", errors="backslashreplace") if file else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("pgjit")
     root.handlers[:] = [handler]

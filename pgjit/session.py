@@ -400,6 +400,14 @@ class Session:
                 )
             if "user" not in msg.parameters:
                 raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate="28000")
+            for key, value in msg.parameters.items():
+                if not _is_utf8(key) or not _is_utf8(value):
+                    # The codec keeps such bytes as surrogates; nothing after
+                    # this point (the gate, SQL quoting, the logs) has to.
+                    raise ProtocolViolation(
+                        f"invalid UTF-8 in the startup packet (parameter {_printable(key)!r})",
+                        hint="parameter names and values must be UTF-8",
+                    )
             return msg
 
     async def _negotiate_tls(self) -> None:
@@ -1085,3 +1093,16 @@ def _timeout_error(phase: Phase) -> PgjitError:
     if phase is Phase.AUTH:
         return FatalError("canceling authentication due to timeout", sqlstate="28000")
     return FatalError("canceling startup due to timeout", sqlstate="08P01")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text decoded with surrogateescape from bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:64]

@@ -105,17 +105,43 @@ def _uses_prepared(analysis: Analysis) -> bool:
     return any(f.executes_prepared for f in analysis.statements)
 
 
-class _Bounded(OrderedDict):
-    """A mapping that forgets its oldest entries beyond ``size`` (O(1))."""
+#: Statements longer than this are decided afresh each time, never cached:
+#: a cache of any size of entries would let one client fill memory with a
+#: few large statements (denied ones included).
+MAX_CACHED_STATEMENT = 16 * 1024
 
-    def __init__(self, size: int) -> None:
+#: Each of the gate's caches holds at most this many bytes of statement text
+#: (the entries' weights), besides at most ``cache_size`` entries.
+CACHE_BYTES = 8 * 1024 * 1024
+
+
+class _Bounded(OrderedDict):
+    """A mapping that forgets its oldest entries beyond ``size`` entries or
+    ``max_bytes`` of weight (each entry's weight: about the bytes of text it
+    keeps alive). O(1) per put, amortised."""
+
+    def __init__(self, size: int, max_bytes: int = CACHE_BYTES) -> None:
         super().__init__()
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._weights: dict[Any, int] = {}
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, weight: int = 0) -> None:
+        old = self._weights.pop(key, None)
+        if old is not None:
+            self.bytes -= old
         self[key] = value
-        if len(self) > self.size:
-            self.popitem(last=False)
+        self._weights[key] = weight
+        self.bytes += weight
+        while len(self) > self.size or (self.bytes > self.max_bytes and len(self) > 1):
+            gone, _ = self.popitem(last=False)
+            self.bytes -= self._weights.pop(gone, 0)
+
+    def clear(self) -> None:
+        super().clear()
+        self._weights.clear()
+        self.bytes = 0
 
 
 def statement_fingerprint(raw: bytes) -> str | None:
@@ -180,6 +206,11 @@ class Gate:
             self.misses += 1
             analysis = self.analyze(raw.decode("utf-8"), overlay)
             return analysis, self.policy.decide(analysis, groups, prepared=prepared)
+        if len(raw) > MAX_CACHED_STATEMENT:
+            self.misses += 1
+            analysis = self.analyze(raw.decode("utf-8"))
+            return analysis, self.policy.decide(analysis, groups, prepared=prepared)
+        weight = 2 * len(raw) + 256  # the text, the analysis's copy of it, overhead
         key = (raw, groups)
         hit = self._by_bytes.get(key)
         if hit is not None:
@@ -204,23 +235,23 @@ class Gate:
             decision = self._fp_decisions.get((fp, groups))
             if decision is None:
                 decision = self.policy.decide(analysis, groups)
-                self._fp_decisions.put((fp, groups), decision)
+                self._fp_decisions.put((fp, groups), decision, 256)
             if shape is not None:
-                self._by_shape.put((shape, groups), (analysis, decision))
+                self._by_shape.put((shape, groups), (analysis, decision), weight)
             else:
                 # No shape key (e.g. $1 parameters): such text usually comes
                 # again verbatim, so remember it by its bytes.
-                self._by_bytes.put(key, (analysis, decision))
+                self._by_bytes.put(key, (analysis, decision), weight)
             return analysis, decision
         self.misses += 1
         analysis = self.analyze(sql)
         decision = self.policy.decide(analysis, groups, prepared=prepared)
         if fp is not None and _fingerprint_safe(analysis):
-            self._analyses.put(fp, analysis)
+            self._analyses.put(fp, analysis, weight)
             if shape is not None:
-                self._by_shape.put((shape, groups), (analysis, decision))
+                self._by_shape.put((shape, groups), (analysis, decision), weight)
         if not _uses_prepared(analysis):
-            self._by_bytes.put(key, (analysis, decision))
+            self._by_bytes.put(key, (analysis, decision), weight)
         return analysis, decision
 
     def check(

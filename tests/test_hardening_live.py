@@ -1,0 +1,84 @@
+"""Regression tests for defects found by trying the gateway from outside
+(issue 10): each failed on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from pgjit.protocol import messages as m
+from tests.rawclient import RawClient, errors
+
+pytestmark = pytest.mark.pg
+
+POLICY = """
+version: 1
+rules:
+  - name: no-drop
+    match: {kind: [drop_table]}
+    action: deny
+default: allow
+"""
+
+
+def startup_bytes(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    body = struct.pack("!I", m.PROTOCOL_3_0) + b"".join(k + b"\0" + v + b"\0" for k, v in pairs) + b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+@pytest.fixture
+def gated(make_gateway, pg, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return make_gateway(targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                                           "password": "apppass", "policy": str(policy)}})
+
+
+@pytest.mark.parametrize("pairs", [
+    [(b"user", b"alice"), (b"database", b"appdb"), (b"application_name", b"caf\xe9")],
+    [(b"user", b"alice"), (b"database", b"appdb"), (b"search_pat\xff", b"public")],
+    [(b"user", b"alice"), (b"database", b"appdb"), (b"options", b"-c work_mem=\xc3\x28")],
+    [(b"user", b"al\xffice"), (b"database", b"appdb")],
+], ids=["value", "name", "options", "user"])
+def test_invalid_utf8_in_startup_is_08P01_not_an_internal_error(gated, pairs):
+    with RawClient(gated.port) as c:
+        c.send(startup_bytes(pairs))
+        msgs = []
+        while True:
+            msg = c.read_message()
+            msgs.append(msg)
+            if isinstance(msg, m.AuthenticationCleartextPassword):
+                c.send(m.PasswordMessage(b"x\x00"))
+            elif isinstance(msg, (m.ReadyForQuery, m.ErrorResponse)):
+                break
+        errs = errors(msgs)
+        assert errs and errs[0].severity == "FATAL" and errs[0].sqlstate == "08P01", msgs
+        assert "invalid UTF-8" in errs[0].message
+        assert c.closed_by_peer()
+    lines = gated.logs()
+    assert not [r for r in lines if "raw" in r], lines  # every line is JSON
+    assert not [r for r in lines if r.get("level") == "error" or "exc" in r], lines
+    refused = [r for r in lines if r.get("msg") == "session refused"]
+    assert refused and refused[-1]["sqlstate"] == "08P01"
+
+
+def test_log_file_keeps_lines_with_bytes_that_are_not_utf8(tmp_path):
+    """A log line carrying client text that is not UTF-8 (kept as surrogates)
+    is written escaped, not dropped."""
+    import logging
+
+    from pgjit import logs
+
+    path = tmp_path / "x.log"
+    logs.configure("info", str(path))
+    try:
+        logging.getLogger("pgjit.test").info("client authenticated", extra={"user": b"al\xffice".decode("utf-8", "surrogateescape")})
+    finally:
+        for h in logging.getLogger("pgjit").handlers:
+            h.flush()
+            h.close()
+        logging.getLogger("pgjit").handlers[:] = []
+    line = json.loads(path.read_text(encoding="utf-8"))
+    assert line["msg"] == "client authenticated" and "al" in line["user"]
