@@ -121,6 +121,7 @@ class Session:
         # marker -> (error to show, index of the ReadyForQuery that ends its pipeline)
         self._rewrites: dict[str, tuple[PgjitError, int]] = {}
         self._client_mid_message = False
+        self._tls_handshake = False  # between our "S" and a finished TLS handshake
         self._relay_scope: trio.CancelScope | None = None
         self._scope: trio.CancelScope | None = None
         self._terminate_error: PgjitError | None = None
@@ -423,10 +424,14 @@ class Session:
             raise ProtocolViolation("unexpected data after SSLRequest")
         await self.client.send_all(b"S")
         assert hasattr(self.client, "to_trio_stream")
+        # Agreed to TLS: until the handshake is done no plaintext may follow
+        # (not even an error), and a failed one closes the socket (start_tls).
+        self._tls_handshake = True
         try:
             self.client = await start_tls(self.client, ctx, server_side=True)  # type: ignore[arg-type]
-        except (ssl.SSLError, trio.BrokenResourceError) as e:
+        except (ssl.SSLError, trio.BrokenResourceError, OSError) as e:
             raise EOFError(f"TLS handshake failed: {e}") from None
+        self._tls_handshake = False
         self.client_stream = MessageStream(self.client, self.config.limits.max_message_size, startup=True)
 
     # ------------------------------------------------------------------ relay
@@ -903,7 +908,7 @@ class Session:
     # ------------------------------------------------------------- teardown
 
     async def _send_error(self, error: PgjitError) -> None:
-        if self._client_mid_message:
+        if self._client_mid_message or self._tls_handshake:
             return
         try:
             with trio.move_on_after(2):

@@ -183,7 +183,13 @@ async def start_tls(
     ssl_stream = trio.SSLStream(
         stream, ctx, server_side=server_side, server_hostname=server_hostname, https_compatible=False
     )
-    await ssl_stream.do_handshake()
+    try:
+        await ssl_stream.do_handshake()
+    except BaseException:
+        # A failed or timed-out handshake: the socket now belongs to the
+        # trio stream, so it is closed here (not left to the garbage collector).
+        await trio.aclose_forcefully(stream)
+        raise
     return TLSTransport(ssl_stream)
 
 

@@ -82,3 +82,75 @@ def test_log_file_keeps_lines_with_bytes_that_are_not_utf8(tmp_path):
         logging.getLogger("pgjit").handlers[:] = []
     line = json.loads(path.read_text(encoding="utf-8"))
     assert line["msg"] == "client authenticated" and "al" in line["user"]
+
+
+# ---------------------------------------------------------------- TLS handshakes that fail
+
+
+@pytest.fixture
+def tls_gateway(make_gateway, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    return make_gateway(tls={"cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")},
+                        timeouts={"startup": 1, "auth": 5, "upstream_connect": 5, "shutdown_grace": 5})
+
+
+def _fds(pid: int) -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _after_ssl_request(gw, then: bytes | None) -> tuple[bytes, float]:
+    """SSLRequest, expect "S", send ``then`` (None: silence); return every byte
+    the gateway sent after "S" until it closed, and how long that took."""
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        s.sendall(m.SSLRequest().encode())
+        assert s.recv(1) == b"S"
+        if then is not None:
+            s.sendall(then)
+        started, got = time.monotonic(), b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got, time.monotonic() - started
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("then", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", None],
+                         ids=["http", "bad-clienthello", "silence"])
+def test_failed_tls_handshake_closes_the_socket_without_plaintext(tls_gateway, then):
+    import time
+
+    pid = tls_gateway.proc.pid
+    base = _fds(pid)
+    for _ in range(5):
+        got, took = _after_ssl_request(tls_gateway, then)
+        # Whatever came after "S" is TLS (an alert record, type 0x15) or
+        # nothing — never a plaintext ErrorResponse ('E').
+        assert not got.startswith(b"E"), got[:40]
+        assert took < 5
+    # The gateway holds no socket of those sessions (no CLOSE-WAIT until GC).
+    deadline = time.monotonic() + 5
+    while _fds(pid) > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _fds(pid) <= base
+    # ... and still serves a real client.
+    import psycopg
+
+    with psycopg.connect(tls_gateway.dsn(sslmode="require")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
