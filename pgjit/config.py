@@ -84,7 +84,8 @@ def load_yaml_with_lines(text: str, fname: str) -> tuple[Any, dict[tuple[str, ..
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 6432
-    max_clients: int = 1000
+    max_clients: int = 1000  # sessions past authentication
+    max_startup: int = 128  # connections still in startup/authentication (unauthenticated)
     reuse_port: bool = False
     backlog: int = 512
 
@@ -436,11 +437,12 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
             )
     _section(ctx, data, (), TOP_KEYS)
 
-    ls = _section(ctx, data.get("listen"), ("listen",), {"host", "port", "max_clients", "reuse_port", "backlog"})
+    ls = _section(ctx, data.get("listen"), ("listen",), {"host", "port", "max_clients", "max_startup", "reuse_port", "backlog"})
     listen = ListenConfig(
         host=_get(ctx, ls, ("listen",), "host", _str, "127.0.0.1"),
         port=_get(ctx, ls, ("listen",), "port", _int_range(0, 65535), 6432),
         max_clients=_get(ctx, ls, ("listen",), "max_clients", _int_range(1, 1_000_000), 1000),
+        max_startup=_get(ctx, ls, ("listen",), "max_startup", _int_range(1, 1_000_000), 128),
         reuse_port=_get(ctx, ls, ("listen",), "reuse_port", _bool, False),
         backlog=_get(ctx, ls, ("listen",), "backlog", _int_range(1, 65535), 512),
     )

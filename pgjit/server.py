@@ -22,7 +22,7 @@ import trio
 from pgjit import metrics
 from pgjit.clientauth import ClientAuthenticator, LoopbackAnyPassword, OIDCAuthenticator
 from pgjit.config import Config, TargetConfig
-from pgjit.errors import AdminShutdown
+from pgjit.errors import AdminShutdown, TooManyConnections
 from pgjit.jit.admin import AdminConnection
 from pgjit.jit.broker import JitBroker
 from pgjit.catalogkeeper import CatalogKeeper
@@ -59,6 +59,8 @@ class Gateway:
             )
         self.authenticator = authenticator or LoopbackAnyPassword()
         self.sessions: set["Session"] = set()
+        self.starting = 0  # sessions still in startup or authentication
+        self._turning_away = 0  # tasks telling excess connections 53300
         # Cancel routing: sessions by the secret of the key pgjit gave them
         # (their process id is the upstream's real one, so not unique here).
         self._by_secret: dict[bytes, "Session"] = {}
@@ -135,8 +137,17 @@ class Gateway:
             del self._by_secret[session.key.secret_key]
 
     def over_client_limit(self, session: "Session") -> bool:
-        # The session counts itself: refuse when it makes one too many.
-        return len(self.sessions) > self.config.listen.max_clients
+        """After authentication: does this session make one too many? Only
+        authenticated sessions count against ``max_clients``; connections still
+        in startup have their own, smaller budget (``max_startup``), so that
+        unauthenticated sockets cannot take the places of real clients."""
+        return len(self.sessions) - self.starting > self.config.listen.max_clients
+
+    def startup_done(self, session: "Session") -> None:
+        """The session left startup/authentication (or ended in it)."""
+        if session.counted_starting:
+            session.counted_starting = False
+            self.starting -= 1
 
     async def handle_cancel(self, req: m.CancelRequest) -> None:
         session = self._by_secret.get(req.secret_key)
@@ -244,12 +255,40 @@ class Gateway:
                 await trio.sleep(0.1)
                 continue
             transport = SocketTransport.from_trio_socket(tsock)
-            if self._draining or len(self.sessions) > self.config.listen.max_clients + _EXCESS_ALLOWANCE:
+            cfg = self.config.listen
+            if self._draining or len(self.sessions) > cfg.max_clients + cfg.max_startup + _EXCESS_ALLOWANCE:
                 await transport.aclose()
+                continue
+            if self.starting >= cfg.max_startup:
+                # Too many connections not yet authenticated: this one is told
+                # so (53300), before anything is read from it, and closed.
+                metrics.SESSIONS_TOTAL.labels("too_many_starting").inc()
+                if self._turning_away < _EXCESS_ALLOWANCE:
+                    self._turning_away += 1
+                    nursery.start_soon(self._turn_away, transport)
+                else:
+                    await transport.aclose()
                 continue
             session = session_cls(self, transport, peer)
             self.sessions.add(session)
+            self.starting += 1
+            session.counted_starting = True
             nursery.start_soon(session.run)
+
+    async def _turn_away(self, transport: SocketTransport) -> None:
+        try:
+            err = TooManyConnections(
+                "sorry, too many clients are connecting at once",
+                hint=f"more than listen.max_startup ({self.config.listen.max_startup}) connections are still "
+                "authenticating; try again",
+            )
+            with trio.move_on_after(1):
+                await transport.send_all(m.ErrorResponse.from_error(err).encode())
+        except Exception:
+            pass
+        finally:
+            self._turning_away -= 1
+            await transport.aclose()
 
     async def _drain(self) -> None:
         grace = self.config.timeouts.shutdown_grace

@@ -122,6 +122,7 @@ class Session:
         self._rewrites: dict[str, tuple[PgjitError, int]] = {}
         self._client_mid_message = False
         self._tls_handshake = False  # between our "S" and a finished TLS handshake
+        self.counted_starting = False  # counted in gateway.starting (set by the accept loop)
         self._relay_scope: trio.CancelScope | None = None
         self._scope: trio.CancelScope | None = None
         self._terminate_error: PgjitError | None = None
@@ -201,6 +202,7 @@ class Session:
             )
         finally:
             self.phase = Phase.CLOSED
+            self.gateway.startup_done(self)
             with trio.CancelScope(shield=True):
                 await self._close()
             self.gateway.forget_session(self)
@@ -218,11 +220,14 @@ class Session:
             startup = await self._startup()
         if startup is None:
             return  # a CancelRequest connection
-        if self.gateway.over_client_limit(self):
-            raise TooManyConnections("sorry, too many clients already")
         self.phase = Phase.AUTH
         with trio.fail_after(t.auth):
             self.principal = await self.gateway.authenticator.authenticate(self, startup)
+        # Authenticated: from now on the session counts against max_clients,
+        # no longer against max_startup.
+        self.gateway.startup_done(self)
+        if self.gateway.over_client_limit(self):
+            raise TooManyConnections("sorry, too many clients already")
         params = startup.parameters
         db = params.get("database") or params.get("user", "")
         target = self.config.targets.get(db)

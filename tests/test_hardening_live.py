@@ -154,3 +154,67 @@ def test_failed_tls_handshake_closes_the_socket_without_plaintext(tls_gateway, t
 
     with psycopg.connect(tls_gateway.dsn(sslmode="require")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------- connections still in startup
+
+
+def test_sockets_stuck_in_startup_have_their_own_budget_and_the_excess_gets_53300(make_gateway):
+    import socket
+    import time
+
+    import psycopg
+
+    gw = make_gateway(listen={"max_clients": 50, "max_startup": 4},
+                      timeouts={"startup": 3, "auth": 3, "upstream_connect": 5, "shutdown_grace": 5})
+    # An authenticated session, before the flood.
+    with psycopg.connect(gw.dsn()) as established:
+        # Sockets that connect and send a byte of a startup packet, then nothing.
+        stuck = []
+        try:
+            for _ in range(4):
+                s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+                s.sendall(b"\x00")
+                stuck.append(s)
+            time.sleep(0.3)
+            # The next connection is told why at once (53300), not left hanging.
+            with RawClient(gw.port) as c:
+                started = time.monotonic()
+                msg = c.read_message(timeout=5)
+                assert isinstance(msg, m.ErrorResponse) and msg.sqlstate == "53300", msg
+                assert "max_startup" in " ".join(v for k, v in msg.fields if k == "H")
+                assert c.closed_by_peer() and time.monotonic() - started < 3
+            # The session that had authenticated is not affected.
+            assert established.execute("select 1").fetchone() == (1,)
+        finally:
+            for s in stuck:
+                s.close()
+        # Their places free again once they are gone.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with psycopg.connect(gw.dsn(), connect_timeout=3) as conn:
+                    assert conn.execute("select 2").fetchone() == (2,)
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def test_max_clients_counts_authenticated_sessions_only(make_gateway):
+    import socket
+
+    import psycopg
+
+    gw = make_gateway(listen={"max_clients": 2, "max_startup": 10})
+    stuck = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(3)]
+    try:
+        with psycopg.connect(gw.dsn()) as a, psycopg.connect(gw.dsn()) as b:
+            assert a.execute("select 1").fetchone() == b.execute("select 1").fetchone() == (1,)
+            with pytest.raises(psycopg.OperationalError) as ei:
+                psycopg.connect(gw.dsn())
+            assert "too many clients" in str(ei.value)
+    finally:
+        for s in stuck:
+            s.close()
