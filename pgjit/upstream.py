@@ -9,12 +9,13 @@ reads up to the first ReadyForQuery. What the client must see of that
 
 from __future__ import annotations
 
+import errno
 import ssl
 from dataclasses import dataclass, field
 
 import trio
 
-from pgjit.errors import UpstreamUnavailable
+from pgjit.errors import FatalError, UpstreamUnavailable
 from pgjit.protocol import messages as m
 from pgjit.protocol.errors import ProtocolError
 from pgjit.protocol.framing import FrameBuffer
@@ -89,10 +90,33 @@ def make_upstream_tls_context(mode: str, ca: str | None) -> ssl.SSLContext:
     return ctx
 
 
+def fd_exhausted(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what it wraps: trio reports a failed connect as an
+    OSError whose cause holds the attempts) is EMFILE/ENFILE."""
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            return any(fd_exhausted(x) for x in e.exceptions)
+        e = e.__cause__ or e.__context__
+    return False
+
+
 async def _open(host: str, port: int, tls_mode: str, tls_ctx: ssl.SSLContext | None, server_name: str | None, max_size: int) -> MessageStream:
     try:
         raw = await open_tcp(host, port)
     except OSError as e:
+        if fd_exhausted(e):
+            # pgjit's own limit, not the upstream's: say so (PostgreSQL's
+            # SQLSTATE for running out of file descriptors is 53000).
+            raise FatalError(
+                "pgjit has run out of file descriptors and cannot open the upstream connection",
+                detail=str(e),
+                hint="raise the gateway's open-file limit (LimitNOFILE / ulimit -n) or lower listen.max_clients",
+                sqlstate="53000",
+            ) from None
         raise UpstreamUnavailable(
             f"cannot connect to the upstream server at {host}:{port}",
             detail=str(e),

@@ -218,3 +218,35 @@ def test_max_clients_counts_authenticated_sessions_only(make_gateway):
     finally:
         for s in stuck:
             s.close()
+
+
+# ---------------------------------------------------------------- out of file descriptors
+
+
+def test_out_of_file_descriptors_is_named_not_blamed_on_the_upstream(make_gateway):
+    import os
+    import subprocess
+    import time
+
+    gw = make_gateway()
+    pid = gw.proc.pid
+    time.sleep(0.3)  # let startup settle (no fd opened behind our back)
+    # Room for the client's socket and nothing more: the upstream socket fails.
+    limit = _fds(pid) + 1
+    soft = subprocess.run(["prlimit", f"--pid={pid}", "--nofile", "--output=SOFT", "--noheadings"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:"], check=True)
+    try:
+        with RawClient(gw.port) as c:
+            msgs = c.login()
+        errs = errors(msgs)
+        assert errs and errs[0].sqlstate == "53000", msgs
+        assert "file descriptors" in errs[0].message
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:"], check=True)
+    # With room again, the gateway serves clients as before.
+    import psycopg
+
+    with psycopg.connect(gw.dsn()) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert os.path.exists(f"/proc/{pid}")
