@@ -29,7 +29,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all venv sysdeps sysdeps-bench test demo bench peer-tests peer-tests-check clean
+.PHONY: all venv sysdeps sysdeps-bench test demo bench peer-tests peer-tests-check clean fuzz
 
 all: test
 
@@ -122,6 +122,14 @@ test: sysdeps venv
 	@rc=0; $(PY) -m pytest -q -rfEs $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$rc
+
+# Live protocol fuzzing (tests/fuzz): hypothesis streams against a running
+# gateway, FUZZ_EXAMPLES examples in all (`make test` runs 150). Failures are
+# kept in .hypothesis/fuzz and replayed first; the reproducer is printed.
+FUZZ_EXAMPLES ?= 100000
+
+fuzz: sysdeps venv
+	PGJIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s tests/fuzz --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # PORT is taken from the command line only (`make demo PORT=7432`): a PORT in
 # the environment belongs to some other tool.
