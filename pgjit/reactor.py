@@ -107,12 +107,12 @@ class Relay:
         self._done = trio.Event()
         self.error: BaseException | None = None
         self.closed = False
-        # One receive buffer per direction. Bytes read from the upstream are
-        # handed on as a view of its buffer (no copy); that buffer is not
-        # read into again while any of it waits to be sent, because the
-        # upstream is not read while the client has a backlog.
-        self._cbuf = bytearray(RECV_SIZE)
-        self._ubuf = bytearray(RECV_SIZE)
+        # One receive buffer per direction, shared by every relay of the
+        # reactor (an idle session holds none of its own). Bytes read from the
+        # upstream are handed on as a view of it (no copy) and sent before the
+        # next event is handled; what a write leaves is copied out (_keep).
+        self._cbuf = reactor.cbuf
+        self._ubuf = reactor.ubuf
         self.core = None
         if reactor.use_core:
             watch, count_only, max_size, backend_max = session.relay_profile()
@@ -295,8 +295,9 @@ class Relay:
         self._finish()
 
     def _keep(self, fd: int, rest: memoryview) -> None:
-        """Keep what a write left, wait until writable, stop reading the source."""
-        self._backlog[fd] = rest
+        """Keep what a write left (a copy: the receive buffers are shared),
+        wait until writable, stop reading the source."""
+        self._backlog[fd] = memoryview(bytes(rest))
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] | _OUT)
         self._set_mask(source, self._mask[source] & ~_IN)
@@ -340,6 +341,8 @@ class Reactor:
         self._epfd = self._ep.fileno()
         self._relays: dict[int, Relay] = {}
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
+        self.cbuf = bytearray(RECV_SIZE)  # receive buffers every relay shares
+        self.ubuf = bytearray(RECV_SIZE)
         self.use_core = c_core_enabled() if use_core is None else use_core
         self.server_mask = server_mask() if self.use_core else b""
 

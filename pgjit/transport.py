@@ -17,6 +17,13 @@ import ssl
 import trio
 
 RECV_SIZE = 256 * 1024
+
+# recv_into a reused buffer (a fresh 256 KiB bytes per recv would be an
+# mmap/munmap pair each time), one for every transport: each read is copied
+# out before anything else runs on trio's one thread, so no session's bytes
+# stay in it — and an idle session holds no receive buffer of its own.
+_SCRATCH = bytearray(RECV_SIZE)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
 # After this many reads that found data without waiting, yield to the
 # scheduler once so one busy session cannot starve the others.
 _FAIRNESS_BUDGET = 64
@@ -47,7 +54,7 @@ class Transport:
 class SocketTransport(Transport):
     """A non-blocking stdlib socket driven with trio's low-level waits."""
 
-    __slots__ = ("sock", "_budget", "closed", "_scratch", "_view", "_waited")
+    __slots__ = ("sock", "_budget", "closed", "_waited")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -57,10 +64,6 @@ class SocketTransport(Transport):
         self._budget = _FAIRNESS_BUDGET
         self._waited = False
         self.closed = False
-        # recv_into a reused buffer: a fresh 256 KiB bytes per recv would be
-        # an mmap/munmap pair each time.
-        self._scratch = bytearray(RECV_SIZE)
-        self._view = memoryview(self._scratch)
 
     @classmethod
     def from_trio_socket(cls, tsock: trio.socket.SocketType) -> "SocketTransport":
@@ -85,7 +88,7 @@ class SocketTransport(Transport):
                 await trio.lowlevel.checkpoint()
         while True:
             try:
-                n = sock.recv_into(self._scratch)
+                n = sock.recv_into(_SCRATCH)
             except BlockingIOError:
                 waited = True
                 self._budget = _FAIRNESS_BUDGET
@@ -98,7 +101,7 @@ class SocketTransport(Transport):
                     return b""
                 raise
             self._waited = waited
-            return self._view[:n].tobytes()
+            return _SCRATCH_VIEW[:n].tobytes()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock
