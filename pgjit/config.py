@@ -111,6 +111,8 @@ class TimeoutsConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Gateway-wide: bytes of client messages not yet complete, over all sessions.
+    max_buffered: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -460,10 +462,13 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         **{k: _get(ctx, to, ("timeouts",), k, _positive_float, getattr(TimeoutsConfig, k)) for k in ("startup", "auth", "upstream_connect", "shutdown_grace")}
     )
 
-    lim = _section(ctx, data.get("limits"), ("limits",), {"max_message_size"})
+    lim = _section(ctx, data.get("limits"), ("limits",), {"max_message_size", "max_buffered"})
     limits = LimitsConfig(
-        max_message_size=_get(ctx, lim, ("limits",), "max_message_size", _int_range(1024, 1 << 30), DEFAULT_MAX_MESSAGE_SIZE)
+        max_message_size=_get(ctx, lim, ("limits",), "max_message_size", _int_range(1024, 1 << 30), DEFAULT_MAX_MESSAGE_SIZE),
+        max_buffered=_get(ctx, lim, ("limits",), "max_buffered", _int_range(1024, 1 << 40), 256 * 1024 * 1024),
     )
+    if limits.max_buffered < limits.max_message_size:
+        raise ctx.error(("limits", "max_buffered"), "must be at least limits.max_message_size (one whole message must fit)")
 
     lg = _section(ctx, data.get("log"), ("log",), {"level", "file"})
     log = LogConfig(

@@ -60,6 +60,8 @@ class Gateway:
         self.authenticator = authenticator or LoopbackAnyPassword()
         self.sessions: set["Session"] = set()
         self.starting = 0  # sessions still in startup or authentication
+        # Bytes of incomplete client messages held by all sessions (limits.max_buffered).
+        self.buffered = 0
         self._turning_away = 0  # tasks telling excess connections 53300
         # Cancel routing: sessions by the secret of the key pgjit gave them
         # (their process id is the upstream's real one, so not unique here).

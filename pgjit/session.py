@@ -115,6 +115,7 @@ class Session:
         self.ctr: RelayCounters = RelayCounters()
         # Relay state (see from_client / from_server).
         self._c_pending: bytearray | None = None  # an incomplete client frame
+        self._c_buffered = 0  # its bytes, as counted in gateway.buffered
         self._c_watch = _FRONTEND_WATCH
         self._s_pending: bytearray | None = None  # an incomplete server frame
         self._s_skip = 0  # bytes of a large streamable message still to pass through
@@ -203,6 +204,7 @@ class Session:
         finally:
             self.phase = Phase.CLOSED
             self.gateway.startup_done(self)
+            self.release_buffered()
             with trio.CancelScope(shield=True):
                 await self._close()
             self.gateway.forget_session(self)
@@ -495,7 +497,9 @@ class Session:
             pending += data
             data = pending
         frames, end = scan_watched(data, 0, len(data), self.config.limits.max_message_size, self._c_watch)
-        self._c_pending = _carry(data, end, pending)
+        self._c_pending = carried = _carry(data, end, pending)
+        if carried is not None or self._c_buffered:
+            self._account_buffered(len(carried) if carried is not None else 0)
         if not end:
             return None, False
         stop = False
@@ -523,6 +527,28 @@ class Session:
         if end == len(data):
             return data, stop
         return bytes(data[:end]), stop
+
+    def _account_buffered(self, held: int) -> None:
+        """Keep the gateway-wide count of incomplete client messages' bytes
+        (``limits.max_buffered``); the session whose growth passes it ends
+        with 53200, so that many clients each holding a message just under
+        ``max_message_size`` cannot multiply it into the gateway's memory."""
+        gateway = self.gateway
+        grew = held - self._c_buffered
+        gateway.buffered += grew
+        self._c_buffered = held
+        if grew > 0 and gateway.buffered > self.config.limits.max_buffered:
+            raise FatalError(
+                "out of memory: pgjit's buffer for incomplete messages is full",
+                detail=f"limits.max_buffered is {self.config.limits.max_buffered} bytes over all sessions",
+                hint="send large statements one at a time, or ask for a larger limits.max_buffered",
+                sqlstate="53200",
+            )
+
+    def release_buffered(self) -> None:
+        if self._c_buffered:
+            self.gateway.buffered -= self._c_buffered
+            self._c_buffered = 0
 
     def from_server(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
         """Bytes from the upstream -> bytes for the client. Sets

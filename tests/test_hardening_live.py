@@ -298,3 +298,46 @@ def test_an_idle_relayed_session_costs_little_memory(make_gateway, pg, relay):
     finally:
         if relay == "python":
             gw.stop()
+
+
+# ---------------------------------------------------------------- a gateway-wide budget for incomplete messages
+
+
+def test_incomplete_messages_have_a_gateway_wide_budget(make_gateway):
+    import time
+
+    import psycopg
+
+    gw = make_gateway(limits={"max_message_size": 1 << 20, "max_buffered": 2 << 20})
+    body = b"select '" + b"x" * 900_000 + b"'\0"
+    head = b"Q" + struct.pack("!I", len(body) + 4)
+    holders = [RawClient(gw.port) for _ in range(3)]
+    try:
+        for c in holders:
+            assert not errors(c.login())
+        # Two sessions each hold ~0.9 MiB of an unfinished Query: within 2 MiB.
+        for c in holders[:2]:
+            c.send(head + body[:850_000])
+        time.sleep(0.3)
+        # The third would pass the budget: it, and only it, gets 53200.
+        holders[2].send(head + body[:850_000])
+        msg = holders[2].read_message(timeout=5)
+        assert isinstance(msg, m.ErrorResponse) and msg.sqlstate == "53200", msg
+        assert holders[2].closed_by_peer()
+        # The first two finish their messages and get their answers.
+        for c in holders[:2]:
+            c.send(body[850_000:])
+            msgs = c.read_until_ready()
+            assert not errors(msgs) and any(isinstance(x, m.DataRow) for x in msgs)
+    finally:
+        for c in holders:
+            c.close()
+    # What they held is released: a new client may buffer as much again.
+    with RawClient(gw.port) as c:
+        c.login()
+        c.send(head + body[:850_000])
+        time.sleep(0.1)
+        c.send(body[850_000:])
+        assert not errors(c.read_until_ready())
+    with psycopg.connect(gw.dsn()) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)

@@ -47,6 +47,7 @@ def test_core_is_built_in_ci():
 
 class _Gateway:
     config = CONFIG
+    buffered = 0
 
     def new_cancel_key(self, session: Session) -> m.BackendKeyData:
         return m.BackendKeyData(1, 2)
