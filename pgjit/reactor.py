@@ -61,13 +61,12 @@ def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) 
     mask = _C_MASKS.get(key)
     if mask is None:
         rc = _relaycore
-        counted = {b"Q"[0]: rc.C_QUERY, b"S"[0]: rc.C_SYNC, b"E"[0]: rc.C_EXECUTE,
-                   b"c"[0]: rc.C_COPY_END, b"f"[0]: rc.C_COPY_END}
+        counted = {b"Q"[0]: rc.C_QUERY, b"S"[0]: rc.C_SYNC, b"E"[0]: rc.C_EXECUTE}
 
         def code(t: int) -> int:
             if t not in watch:
                 return rc.PASS
-            if t in count_only:
+            if t in count_only and t in counted:
                 return counted[t]
             if gated and t == _Q:
                 return rc.C_GATED
@@ -84,7 +83,9 @@ def server_mask() -> bytes:
     ErrorResponse mean anything to it. A read with a ParameterStatus goes to
     Python, which may end the session on it (pgjit.lexstate); they are rare."""
     rc = _relaycore
-    codes = {b"Z"[0]: rc.S_READY, b"E"[0]: rc.S_ERROR, b"S"[0]: rc.PYTHON}
+    # CopyInResponse too: whether a CopyDone ends a COPY (and which Syncs the
+    # COPY swallowed) is the session's to decide (Session._count), once per COPY.
+    codes = {b"Z"[0]: rc.S_READY, b"E"[0]: rc.S_ERROR, b"S"[0]: rc.PYTHON, b"G"[0]: rc.PYTHON}
     return bytes(codes.get(t, rc.PASS) for t in range(256))
 
 
@@ -179,6 +180,7 @@ class Relay:
             core.s_fast = (
                 not halted
                 and not session.terminating  # the drain after Terminate watches each ReadyForQuery
+                and not session._copy_ends  # so does deciding whether a CopyDone ended a COPY
                 and backlog[self.cfd] is None
                 and session._s_skip == 0
                 and session._s_pending is None

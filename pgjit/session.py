@@ -18,6 +18,7 @@ session's queue of made-up replies.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
@@ -66,6 +67,7 @@ F_EXECUTE, F_COPY_DONE, F_COPY_FAIL = b"E"[0], b"c"[0], b"f"[0]
 # Backend tags.
 B_READY, B_ERROR, B_DATA_ROW, B_COPY_DATA = b"Z"[0], b"E"[0], b"D"[0], b"d"[0]
 B_PARAMETER_STATUS = b"S"[0]
+B_COPY_IN = b"G"[0]
 
 # Backend messages that may stream through unbuffered when split across reads.
 _STREAMABLE = frozenset((B_DATA_ROW, B_COPY_DATA))
@@ -116,6 +118,11 @@ class Session:
         # Relay state (see from_client / from_server).
         self._c_pending: bytearray | None = None  # an incomplete client frame
         self._c_buffered = 0  # its bytes, as counted in gateway.buffered
+        # COPY FROM STDIN and the Syncs it swallows (see _count): CopyInResponses
+        # whose CopyDone has not come, and CopyDones not yet known to end a COPY
+        # (the ReadyForQuery count before their run of Syncs, its length).
+        self._copy_ins = 0
+        self._copy_ends: collections.deque[tuple[int, int]] = collections.deque()
         self._c_watch = _FRONTEND_WATCH
         self._s_pending: bytearray | None = None  # an incomplete server frame
         self._s_skip = 0  # bytes of a large streamable message still to pass through
@@ -578,6 +585,10 @@ class Session:
                         raise ProtocolViolation("malformed ReadyForQuery message from the server")
                     ctr.rfq_received += 1
                     ctr.txn_status = bytes(data[start + 5 : start + 6])
+                    if self._copy_ends or self._copy_ins:
+                        self._copy_ready()
+                elif tag == B_COPY_IN:
+                    self._copy_started()
                 elif tag == B_PARAMETER_STATUS:
                     if self.gate is not None and self._lexer_report(data, start, stop):
                         return self._halt_before(data, frames[:i], start, head)
@@ -772,7 +783,9 @@ class Session:
         COPY through the extended protocol sends Execute, Sync, then CopyData
         ... CopyDone, Sync, and gets one ReadyForQuery for the two Syncs. So
         the Syncs between an Execute and a CopyDone/CopyFail are uncounted
-        when the CopyDone/CopyFail shows that they fell into a copy."""
+        when the server shows (CopyInResponse) that they fell into a copy; a
+        CopyDone/CopyFail outside COPY, which the server ignores, changes
+        nothing."""
         ctr = self.ctr
         if tag == F_SYNC:
             ctr.rfq_sent += 1
@@ -783,8 +796,36 @@ class Session:
         elif tag == F_EXECUTE:
             ctr.syncs_since_execute = 0
         else:  # CopyDone, CopyFail
-            ctr.rfq_sent -= ctr.syncs_since_execute
+            syncs = ctr.syncs_since_execute
             ctr.syncs_since_execute = 0
+            if self._copy_ins:
+                # The server said it is in COPY FROM STDIN: this ends it, and
+                # the Syncs since its Execute fell into it.
+                self._copy_ins -= 1
+                ctr.rfq_sent -= syncs
+            elif syncs:
+                # Not known yet (the client did not wait for CopyInResponse),
+                # or no COPY at all (the server ignores a stray CopyDone): the
+                # server's next replies decide (_copy_started, _copy_ready).
+                self._copy_ends.append((ctr.rfq_sent - syncs, syncs))
+
+    def _copy_started(self) -> None:
+        """A CopyInResponse: the server entered COPY FROM STDIN."""
+        ends = self._copy_ends
+        if ends and self.ctr.rfq_received == ends[0][0]:
+            # The CopyDone already seen ends this copy: its Syncs were swallowed.
+            self.ctr.rfq_sent -= ends.popleft()[1]
+        else:
+            self._copy_ins += 1
+
+    def _copy_ready(self) -> None:
+        """A ReadyForQuery: no COPY is running any more (one that ended by an
+        error has no CopyDone to come), and a CopyDone whose run of Syncs got
+        an answer without a CopyInResponse before it was outside any COPY."""
+        self._copy_ins = 0
+        ends = self._copy_ends
+        while ends and self.ctr.rfq_received > ends[0][0]:
+            ends.popleft()
 
     def gate_allows(self, raw: bytes) -> bool:
         """For the reactor's C path: may this Query's SQL go upstream with
@@ -981,7 +1022,7 @@ _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
 _PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
 # ParameterStatus: a report of a lexer setting may end the session (lexstate).
-_BACKEND_WATCH = frozenset((B_READY, B_ERROR, B_PARAMETER_STATUS))
+_BACKEND_WATCH = frozenset((B_READY, B_ERROR, B_PARAMETER_STATUS, B_COPY_IN))
 
 
 def _lexer_error(reason: str) -> FatalError:

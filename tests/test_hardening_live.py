@@ -341,3 +341,89 @@ def test_incomplete_messages_have_a_gateway_wide_budget(make_gateway):
         assert not errors(c.read_until_ready())
     with psycopg.connect(gw.dsn()) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------- CopyDone / CopyFail outside COPY
+
+
+def _read_ready(c: RawClient, n: int) -> list:
+    out = []
+    for _ in range(n):
+        out += c.read_until_ready()
+    return out
+
+
+def _denied_is_42501_and_idle(c: RawClient) -> None:
+    c.send(m.Query("drop table pgjit_nothing"))
+    errs = errors(c.read_until_ready())
+    assert errs and errs[0].sqlstate == "42501", [e.fields for e in errs]
+    c.send(m.Query("select 1"))
+    assert not errors(c.read_until_ready())
+
+
+@pytest.mark.parametrize("relay", ["c", "python"])
+@pytest.mark.parametrize("stray", [m.CopyDone(), m.CopyFail("stray")], ids=["CopyDone", "CopyFail"])
+def test_copy_end_outside_copy_does_not_skew_the_ready_count(make_gateway, pg, tmp_path, relay, stray):
+    import time
+
+    from tests.gateway_fixtures import start_gateway
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
+                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                                          "password": "apppass", "policy": str(policy)}},
+                       timeouts={"startup": 5, "auth": 5, "upstream_connect": 5, "shutdown_grace": 20})
+    try:
+        with RawClient(gw.port) as c:
+            c.login()
+            # Execute, Sync, Sync, then a CopyDone/CopyFail with no COPY: the
+            # server answers both Syncs and ignores the stray message.
+            c.send(m.Parse("", "select 1"), m.Bind("", ""), m.Execute(""), m.Sync(), m.Sync(), stray)
+            assert not errors(_read_ready(c, 2))
+            _denied_is_42501_and_idle(c)
+            # Also when the stray message comes in one write with what follows.
+            c.send(m.Parse("", "select 2"), m.Bind("", ""), m.Execute(""), m.Sync(), m.Sync(), stray,
+                   m.Query("drop table pgjit_nothing"))
+            msgs = _read_ready(c, 3)
+            assert [e.sqlstate for e in errors(msgs)] == ["42501"], [e.fields for e in errors(msgs)]
+            _denied_is_42501_and_idle(c)
+            # The session counts as idle: SIGTERM does not wait the whole grace.
+            started = time.monotonic()
+            gw.stop()
+            assert time.monotonic() - started < 10
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("relay", ["c", "python"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["waits-for-CopyInResponse", "pipelined"])
+def test_extended_protocol_copy_still_counts_right(make_gateway, pg, tmp_path, relay, pipelined):
+    from tests.gateway_fixtures import start_gateway
+
+    pg.execute("create table if not exists pgjit_copy_count (a int); grant insert on pgjit_copy_count to app", dbname="appdb")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
+                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                                          "password": "apppass", "policy": str(policy)}})
+    try:
+        with RawClient(gw.port) as c:
+            c.login()
+            start = [m.Parse("", "copy pgjit_copy_count from stdin"), m.Bind("", ""), m.Execute(""), m.Sync()]
+            rest = [m.CopyData(b"1\n2\n"), m.CopyDone(), m.Sync()]
+            if pipelined:
+                c.send(*start, *rest)
+            else:
+                c.send(*start)
+                kinds = []
+                while not kinds or kinds[-1] != "CopyInResponse":
+                    kinds.append(type(c.read_message()).__name__)
+                assert kinds == ["ParseComplete", "BindComplete", "CopyInResponse"], kinds
+                c.send(*rest)
+            msgs = c.read_until_ready()  # one ReadyForQuery for the two Syncs
+            assert any(isinstance(x, m.CommandComplete) for x in msgs) and not errors(msgs)
+            _denied_is_42501_and_idle(c)
+    finally:
+        gw.stop()
+        pg.execute("drop table if exists pgjit_copy_count", dbname="appdb")
