@@ -62,8 +62,8 @@ pytestmark = pytest.mark.pg
 
 HOST = "127.0.0.1"
 MAX_MESSAGE = 1 << 20  # the gateway's limits.max_message_size here
-STARTUP_TIMEOUT = 1.5
-AUTH_TIMEOUT = 1.5
+STARTUP_TIMEOUT = 1.0
+AUTH_TIMEOUT = 1.0
 IO_TIMEOUT = 10.0  # bound on any single socket operation
 QUIET = 0.3  # "the gateway has nothing more to say" after this long
 
@@ -514,8 +514,17 @@ def wellformed_units(draw) -> list[tuple[str, bytes, bool]]:
     units: list[tuple[str, bytes, bool]] = []
     n = draw(st.integers(1, 12))
     for i in range(n):
-        kind = draw(st.sampled_from(["Q", "QD", "PBE", "PBED", "named", "namedD", "sync", "flush", "copyout", "closeS", "closeP"]))
-        if kind == "Q":
+        kind = draw(st.sampled_from(["Q", "QD", "PBE", "PBED", "named", "namedD", "sync", "flush", "copyout", "closeS", "closeP",
+                                     "copyinQ", "copyfailQ", "copyinX"]))
+        rows = b"".join(copy_data(f"{j}\tr{j}\n".encode()) for j in range(draw(st.integers(0, 3))))
+        if kind == "copyinQ":
+            units.append(("Q", q(b"copy fuzz_sink from stdin") + rows + COPY_DONE, False))
+        elif kind == "copyfailQ":
+            # CopyFail ends the COPY with an error (57014), the one error the model expects.
+            units.append(("QF", q(b"copy fuzz_sink from stdin") + rows + copy_fail(b"fuzz says stop"), False))
+        elif kind == "copyinX":
+            units.append(("X", parse(b"", b"copy fuzz_sink from stdin") + bind(b"", b"") + execute(b"") + rows + COPY_DONE, False))
+        elif kind == "Q":
             units.append(("Q", q(draw(sql_text).encode()), False))
         elif kind == "QD":
             units.append(("Q", q(draw(denied_text).encode()), True))
@@ -560,13 +569,13 @@ def expected_segments(units: list[tuple[str, bytes, bool]]) -> tuple[bytes, list
     out, segs = b"", []
     pending: dict[str, Any] | None = None
     for kind, data, denied in units:
-        if kind == "Q":
+        if kind in ("Q", "QF"):
             if pending is not None:  # a Query inside an unsynced pipeline: sync first
                 out += SYNC
                 segs.append(pending)
                 pending = None
             out += data
-            segs.append({"kind": "Q", "denied": denied, "bytes": data})
+            segs.append({"kind": "Q", "denied": denied, "bytes": data, "copyfail": kind == "QF"})
         elif kind == "S":
             out += data
             segs.append(pending or {"kind": "S", "denied": False, "bytes": b""})
@@ -765,6 +774,7 @@ def test_fuzz_wellformed(rig, units, plan):
     try:
         login(s)
         s.send_chunked(stream, plan)
+        rig.sample()
         expect_rfq = len(segs) + 1
         deadline = time.monotonic() + IO_TIMEOUT
         while bytes(s.rx).count(b"Z\x00\x00\x00\x05") < expect_rfq and not s.eof and time.monotonic() < deadline:
@@ -789,6 +799,8 @@ def test_fuzz_wellformed(rig, units, plan):
             if exp["denied"]:
                 assert errs, f"segment {i} ({exp['bytes']!r}) has a denied statement but no error"
                 assert errs[0].get("C") == "42501", f"segment {i} ({exp['bytes']!r}): first error {errs[0]}, not 42501"
+            elif exp.get("copyfail"):
+                assert [e.get("C") for e in errs] == ["57014"], f"segment {i} ({exp['bytes']!r}): CopyFail gave {errs}, not one 57014"
             else:
                 assert not errs, f"segment {i} ({exp['bytes']!r}) holds only allowed statements but failed: {errs}"
             assert seg[-1][1] == b"I", f"segment {i} ends in transaction status {seg[-1][1]!r}"
@@ -829,6 +841,7 @@ def test_fuzz_chaos(rig, stream, plan):
         login(s)
         s.send_chunked(stream, plan)
         s.drain(wait=QUIET)
+        rig.sample()
         if framing == "bad_length":
             assert s.wait_eof(IO_TIMEOUT), f"a frame with a bad length did not close the session; got {bytes(s.rx)[-500:]!r}"
         elif framing == "clean":
@@ -839,9 +852,32 @@ def test_fuzz_chaos(rig, stream, plan):
     check_after_example(rig, [mk], bytes(s.rx))
 
 
+TLS_ISH = [
+    b"\x16\x03\x01\x00\x05hello",  # a ClientHello record that is not one
+    b"\x16\x03\x01\x02\x00" + b"\x01" * 50,  # a record header, then too little
+    b"\x15\x03\x03\x00\x02\x02\x28",  # an alert
+    b"GET / HTTP/1.1\r\n\r\n",
+]
+
+
+@st.composite
+def prelogin_stream(draw) -> list[bytes]:
+    """A request prefix (SSLRequest, twice, GSSENCRequest ...), then startup-phase
+    pieces, often a startup packet followed by a password (so that what the
+    startup carried goes on to the upstream connection)."""
+    prefix = draw(st.sampled_from([[], [], [SSL_REQUEST], [SSL_REQUEST, SSL_REQUEST], [GSSENC_REQUEST],
+                                   [GSSENC_REQUEST, SSL_REQUEST], [SSL_REQUEST, GSSENC_REQUEST]]))
+    pieces = list(prefix)
+    if prefix and draw(st.booleans()):
+        pieces.append(draw(st.sampled_from(TLS_ISH)))  # after an 'S': not a TLS handshake
+    pieces += draw(st.lists(st.one_of(prelogin_piece(), st.just(b"")), min_size=0 if prefix else 1, max_size=4))
+    if draw(st.booleans()):
+        pieces.append(password(b"x"))
+    return pieces
+
+
 @fuzz_settings(0.25)
-@given(pieces=st.lists(st.one_of(prelogin_piece(), st.just(b"")), min_size=1, max_size=5),
-       tls=st.booleans(), plan=chunk_plan())
+@given(pieces=prelogin_stream(), tls=st.booleans(), plan=chunk_plan())
 def test_fuzz_prelogin(rig, pieces, tls, plan):
     _count(rig, "prelogin")
     g = rig.tls_gw if tls else rig.gw
@@ -850,6 +886,7 @@ def test_fuzz_prelogin(rig, pieces, tls, plan):
     s = Session(g.port)
     try:
         s.send_chunked(stream, plan)
+        rig.sample()
         # Whatever was sent, the session must end within the startup and auth
         # timeouts, unless it is logged in, which ends it with Terminate.
         limit = STARTUP_TIMEOUT + AUTH_TIMEOUT + 5
