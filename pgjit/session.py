@@ -48,7 +48,9 @@ from pgjit.errors import (
 from pgjit.jit.naming import quote_ident, quote_literal
 from pgjit.lexstate import lexer_state_problem
 from pgjit.policy import ParseFailure
+from pgjit.policy.facts import merge_facts
 from pgjit.policy.gate import statement_fingerprint
+from pgjit.policy.model import prepared_facts
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
 from pgjit.transport import SocketTransport, Transport, TransportClosed, start_tls
@@ -78,6 +80,10 @@ _MAX_BACKEND_MESSAGE = (1 << 30) + (1 << 20)
 # After a Terminate, how long the relay waits for the server to close once no
 # reply is due any more.
 _DRAIN_GRACE = 1.0
+
+# Statements deallocated (perhaps: the server may have refused it) whose facts
+# are kept, most recent first out last.
+_DEALLOCATED_KEPT = 64
 
 # A token must leave its JIT role at least this long to log in with.
 _MIN_ROLE_SECONDS = 1.0
@@ -145,6 +151,7 @@ class Session:
         self.gate = None  # pgjit.policy.gate.Gate of the target, when it has a policy
         self.groups: frozenset[str] = frozenset()
         self.prepared: dict[str, object] = {}  # prepared-statement name -> Analysis/Facts
+        self._deallocated: collections.OrderedDict[str, None] = collections.OrderedDict()  # see _track_prepared
         # Functions and operators this session created, which the target's
         # catalog snapshot may not show yet (or, inside its transaction, ever).
         self.overlay: dict[str, object] = {}
@@ -925,14 +932,35 @@ class Session:
         EXECUTE is decided as the statement it runs (SQL PREPARE and named
         protocol-level statements share one namespace in PostgreSQL)."""
         if parse_name:
-            self.prepared[parse_name] = analysis
+            self._remember_prepared(parse_name, analysis)
         for f in analysis.statements:
             if f.prepares:
-                self.prepared[f.prepares] = f
+                self._remember_prepared(f.prepares, f)
             if f.deallocates == "*" or f.kind == "discard":
                 self.prepared.clear()
-            elif f.deallocates:
-                self.prepared.pop(f.deallocates, None)
+                self._deallocated.clear()
+            elif f.deallocates and f.deallocates in self.prepared:
+                # The server may refuse the DEALLOCATE (in a failed transaction,
+                # 25P02) and keep the statement: pgjit keeps knowing what it
+                # runs, for the last _DEALLOCATED_KEPT names deallocated.
+                self._deallocated[f.deallocates] = None
+                self._deallocated.move_to_end(f.deallocates)
+                while len(self._deallocated) > _DEALLOCATED_KEPT:
+                    gone, _ = self._deallocated.popitem(last=False)
+                    self.prepared.pop(gone, None)
+
+    def _remember_prepared(self, name: str, target) -> None:  # type: ignore[no-untyped-def]
+        """``name`` now prepares ``target``. If pgjit knew the name already,
+        the server may still hold the old statement (the new PREPARE refused
+        as a duplicate, or in a failed transaction; a DEALLOCATE refused):
+        EXECUTE is then decided as both, the strictest way."""
+        old = self.prepared.get(name)
+        self._deallocated.pop(name, None)
+        if old is not None and old is not target:
+            a, b = prepared_facts({name: target}, name), prepared_facts({name: old}, name)
+            if a is not None and b is not None:
+                target = merge_facts(a, b)
+        self.prepared[name] = target
 
     def _refuse(self, error: PgjitError, *, sync: bool = True) -> bytes:
         """Bytes that stand in, upstream, for a refused client message: a Bind

@@ -427,3 +427,30 @@ def test_extended_protocol_copy_still_counts_right(make_gateway, pg, tmp_path, r
     finally:
         gw.stop()
         pg.execute("drop table if exists pgjit_copy_count", dbname="appdb")
+
+
+# ---------------------------------------------------------------- prepared statements the server kept
+
+
+def test_execute_after_a_deallocate_the_server_refused(gated):
+    """Found by the differential state machine: a DEALLOCATE refused in a
+    failed transaction leaves the statement on the server; pgjit used to
+    forget it and deny its EXECUTE (pgjit:unknown-prepared)."""
+    import psycopg
+
+    with psycopg.connect(gated.dsn(), autocommit=True) as conn:
+        conn.execute("prepare p2(int) as select g from generate_series(1, 3) g where g >= $1")
+        conn.execute("begin")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("deallocate p2")
+        conn.execute("commit")
+        assert conn.execute("execute p2(0)").fetchall() == [(1,), (2,), (3,)]
+        # A DEALLOCATE the server accepted: EXECUTE fails as on the server.
+        conn.execute("deallocate p2")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("execute p2(0)")
+        # Re-prepared under the same name: decided as what it now runs.
+        conn.execute("prepare p2 as select 42")
+        assert conn.execute("execute p2").fetchone() == (42,)

@@ -604,6 +604,11 @@ def _stricter(key: str, old: str | None, new: str) -> str:
     return old if a <= b else new
 
 
+def prepared_facts(prepared: PreparedMap | None, name: str) -> Facts | None:
+    """What EXECUTE ``name`` runs, as facts, or None when ``name`` is unknown."""
+    return _resolve_prepared(prepared, name)
+
+
 def _resolve_prepared(prepared: PreparedMap | None, name: str) -> Facts | None:
     if prepared is None or name not in prepared:
         return None
