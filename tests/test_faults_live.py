@@ -21,6 +21,17 @@ def _backends(pg, app: str = "app") -> int:
     return pg.execute("select count(*) from pg_stat_activity where usename = %s", (app,))[0][0]
 
 
+def _errors_until_closed(c: RawClient, timeout: float) -> list[m.ErrorResponse]:
+    """The ErrorResponses a client gets until the gateway closes its socket."""
+    got = []
+    try:
+        while True:
+            got.append(c.read_message(timeout=timeout))
+    except EOFError:
+        pass
+    return [x for x in got if isinstance(x, m.ErrorResponse)]
+
+
 def test_upstream_backend_killed_mid_query(gateway, pg):
     with psycopg.connect(gateway.dsn(), autocommit=True) as other:
         with RawClient(gateway.port) as c:
@@ -29,13 +40,7 @@ def test_upstream_backend_killed_mid_query(gateway, pg):
             c.send(m.Query("select pg_sleep(30)"))
             time.sleep(0.3)
             pg.execute("select pg_terminate_backend(%s)", (pid,))
-            got = []
-            try:
-                while True:
-                    got.append(c.read_message(timeout=5))
-            except EOFError:
-                pass
-            errs = [x for x in got if isinstance(x, m.ErrorResponse)]
+            errs = _errors_until_closed(c, 5)
             # The server's own FATAL reaches the client, then the close.
             assert errs and errs[0].severity == "FATAL" and errs[0].sqlstate == "57P01", [e.fields for e in errs]
         # Others are not harmed.
@@ -54,13 +59,7 @@ def test_upstream_restarted(pg_factory, tmp_path):
         cluster.stop()
         # The running query's client is told (the server's own 57P01, or
         # pgjit's 08006 when the server vanished without a word), then closed.
-        got = []
-        try:
-            while True:
-                got.append(busy.read_message(timeout=10))
-        except EOFError:
-            pass
-        errs = [x for x in got if isinstance(x, m.ErrorResponse)]
+        errs = _errors_until_closed(busy, 10)
         assert errs and errs[-1].severity == "FATAL" and errs[-1].sqlstate in ("57P01", "08006"), [e.fields for e in errs]
         busy.close()
         with pytest.raises(psycopg.OperationalError):

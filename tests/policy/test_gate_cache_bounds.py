@@ -7,14 +7,7 @@ from __future__ import annotations
 from pgjit.policy import Policy
 from pgjit.policy.gate import CACHE_BYTES, MAX_CACHED_STATEMENT, Gate
 
-POLICY = """
-version: 1
-rules:
-  - name: no-drop
-    match: {kind: [drop_table]}
-    action: deny
-default: allow
-"""
+from tests.test_hardening_live import POLICY  # deny DROP TABLE, allow the rest
 
 
 def gate(tmp_path) -> Gate:
