@@ -812,14 +812,17 @@ def test_fuzz_wellformed(rig, units, plan):
 
 def _probe_session(s: Session, mk: bytes, timeout: float = IO_TIMEOUT) -> bool:
     """After a fuzzed stream: does the session answer (or has it closed)? Up to 3
-    probes (one may be eaten by a COPY in progress or by an aborted pipeline)."""
+    probes (one may be eaten by a COPY in progress, an aborted pipeline or
+    transaction block)."""
     probe = b"probe_" + new_marker()
     row = b"D" + struct.pack("!IHI", 4 + 2 + 4 + len(probe), 1, len(probe)) + probe
     deadline = time.monotonic() + timeout
     for _ in range(3):
         if s.eof:
             return True
-        s.send(SYNC + q(b"select '" + probe + b"'"))
+        # Sync ends an aborted pipeline, rollback an aborted transaction block
+        # (and, as an unexpected message, a COPY FROM STDIN in progress).
+        s.send(SYNC + q(b"rollback") + q(b"select '" + probe + b"'"))
         step = time.monotonic() + min(3.0, max(0.1, deadline - time.monotonic()))
         while not s.eof and time.monotonic() < step:
             s.drain(wait=0.2)
