@@ -108,12 +108,13 @@ class Relay:
         self._done = trio.Event()
         self.error: BaseException | None = None
         self.closed = False
-        # One receive buffer per direction, shared by every relay of the
-        # reactor (an idle session holds none of its own). Bytes read from the
-        # upstream are handed on as a view of it (no copy) and sent before the
-        # next event is handled; what a write leaves is copied out (_keep).
-        self._cbuf = reactor.cbuf
-        self._ubuf = reactor.ubuf
+        # One receive buffer per direction and relay. They cannot be shared
+        # between relays: the C pump handles a batch of events before Python
+        # sees the reads it handed back, which are still in these buffers.
+        # Bytes read from the upstream are handed on as a view (no copy);
+        # what a write leaves is copied out (_keep).
+        self._cbuf = bytearray(RECV_SIZE)
+        self._ubuf = bytearray(RECV_SIZE)
         self.core = None
         if reactor.use_core:
             watch, count_only, max_size, backend_max = session.relay_profile()
@@ -343,8 +344,6 @@ class Reactor:
         self._epfd = self._ep.fileno()
         self._relays: dict[int, Relay] = {}
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
-        self.cbuf = bytearray(RECV_SIZE)  # receive buffers every relay shares
-        self.ubuf = bytearray(RECV_SIZE)
         self.use_core = c_core_enabled() if use_core is None else use_core
         self.server_mask = server_mask() if self.use_core else b""
 
