@@ -54,7 +54,7 @@ from typing import IO
 import yaml
 
 from pgjit.devtools.dsncmd import DEFAULT_DBNAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SSLMODE
-from pgjit.devtools.pgcluster import PgCluster, PgClusterError, free_port, pid_alive, wait_for_port
+from pgjit.devtools.pgcluster import PgCluster, PgClusterError, free_port, pid_alive, stop_escalating, wait_for_port
 from pgjit.identity.devissuer import DEV_ISSUER, SIGNING_KEY, init_issuer, mint_token
 from pgjit.jit import setupsql
 
@@ -494,16 +494,7 @@ def stop_gateway(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     # SIGTERM drains open sessions; a second one ends them at once; then SIGKILL.
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_escalating(proc, ((signal.SIGTERM, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)))
 
 
 def psql_path(cluster: PgCluster) -> str:

@@ -59,7 +59,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from pgjit.devtools.pgcluster import PgCluster, PgClusterError, make_temp_base
+from pgjit.devtools.pgcluster import PgCluster, PgClusterError, make_temp_base, stop_escalating
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = Path(__file__).with_name("peertests_plugin.py")
@@ -511,16 +511,7 @@ def _read_results(label: str, results_path: Path, output_path: Path, returncode:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_escalating(proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)), group=True)
 
 
 def redact(dsn: str) -> str:

@@ -89,6 +89,24 @@ _CONF_INCLUDE = "include_if_exists = 'pgjit.conf'"
 _EMBEDDED_USER = "embedded_postgres"
 
 
+def stop_escalating(proc: subprocess.Popen, steps, *, group: bool = False) -> None:  # type: ignore[type-arg]
+    """Send each ``(signal, seconds to wait)`` of ``steps`` in turn until
+    ``proc`` (or, with ``group``, its process group) has exited."""
+    for sig, wait in steps:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie waiting for its parent counts as gone)."""
     try:
