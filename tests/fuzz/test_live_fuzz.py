@@ -31,18 +31,24 @@ example:
   came back down and stayed bounded, and writes the peaks to
   ``<tmp>/fuzz-summary.txt`` (and prints them: run with ``-s``).
 
-``PGJIT_FUZZ_EXAMPLES`` is the total number of examples across the tests
-(default 150: ``make test``; ``make fuzz`` runs many more). Failures are kept in
+``PGJIT_FUZZ_EXAMPLES`` is the total number of generated sessions across the
+tests (default 150: ``make test``; ``make fuzz`` runs many more).
+``PGJIT_FUZZ_SWARM`` sessions make one hypothesis example and run side by
+side (default 1; ``make fuzz`` runs 32), the invariants checked after each
+example; a failing session's stream and response are the example's notes. Failures are kept in
 ``.hypothesis/fuzz`` and replayed first on the next run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +60,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from pgjit.protocol import messages as m
 from tests.conftest import _start_cluster
-from tests.fuzz.conftest import FUZZ_EXAMPLES
+from tests.fuzz.conftest import FUZZ_EXAMPLES, FUZZ_SWARM
 from tests.gateway_fixtures import REPO, start_gateway
 from tests.rawclient import RawClient
 
@@ -116,16 +122,33 @@ class Rig:
     baseline: dict[str, dict[str, int]] = field(default_factory=dict)
     peak: dict[str, dict[str, int]] = field(default_factory=dict)
     examples: dict[str, int] = field(default_factory=dict)
+    log_offset: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def gateways(self) -> dict[str, Any]:
         return {"plain": self.gw, "tls": self.tls_gw}
 
     def sample(self) -> None:
         for name, g in self.gateways().items():
-            s = proc_stats(g.proc.pid)
-            pk = self.peak.setdefault(name, dict(s))
-            for k, v in s.items():
-                pk[k] = max(pk.get(k, 0), v)
+            try:
+                s = proc_stats(g.proc.pid)
+            except FileNotFoundError:  # the gateway exited: check_after_example says so
+                continue
+            with self.lock:
+                pk = self.peak.setdefault(name, dict(s))
+                for k, v in s.items():
+                    pk[k] = max(pk.get(k, 0), v)
+
+    def new_leaks(self) -> set[bytes]:
+        """Denied markers in the part of the server log written since the last
+        call (and a little overlap); the log is read once, not once per example."""
+        path = self.pg.log_path
+        start = max(0, self.log_offset - 64)
+        with open(path, "rb") as f:
+            f.seek(start)
+            chunk = f.read()
+        self.log_offset = start + len(chunk)
+        return leaked_in(chunk, set(self.markers))
 
 
 def proc_stats(pid: int) -> dict[str, int]:
@@ -188,7 +211,8 @@ def rig(tmp_path_factory):
 
 
 def format_summary(r: Rig) -> str:
-    lines = [f"pgjit live fuzz: examples {dict(r.examples)} (PGJIT_FUZZ_EXAMPLES={FUZZ_EXAMPLES}), markers checked {len(r.markers)}"]
+    lines = [f"pgjit live fuzz: sessions {dict(r.examples)} = {sum(r.examples.values())} (PGJIT_FUZZ_EXAMPLES={FUZZ_EXAMPLES}, "
+             f"{FUZZ_SWARM} per example side by side), denied markers checked {len(r.markers)}"]
     for name in r.baseline:
         b, p = r.baseline[name], r.peak.get(name, {})
         lines.append(
@@ -415,15 +439,14 @@ def check_after_example(rig: Rig, markers: list[bytes], rx: bytes) -> None:
     for name, g in rig.gateways().items():
         assert fresh_select_1(g.port), f"a fresh client cannot log in and select 1 through gateway {name}"
     rig.markers += markers
-    log = rig.pg.server_log().encode("utf-8", "replace")
-    leaked = _leaked_markers(log, markers)
-    assert not leaked, f"denied statements reached the server (markers {leaked} are in its log)"
+    leaked = rig.new_leaks()
+    assert not leaked, f"denied statements reached the server (markers {sorted(leaked)} are in its log)"
     rig.sample()
 
 
 def fuzz_settings(share: float, **kw: Any):
     return settings(
-        max_examples=max(1, int(FUZZ_EXAMPLES * share)),
+        max_examples=max(1, int(FUZZ_EXAMPLES * share) // FUZZ_SWARM),
         deadline=None,
         derandomize=False,
         database=DirectoryBasedExampleDatabase(str(REPO / ".hypothesis" / "fuzz")),
@@ -480,15 +503,27 @@ EXTRA_SQL = [
 # check looks for a marker followed by anything else.
 
 
+_MARKER_RE = re.compile(rb"fzm[0-9a-f]{13}(?!_allowed)")
+
+
+def leaked_in(log: bytes, markers: set[bytes]) -> set[bytes]:
+    """The markers of ``markers`` that appear in ``log`` other than as
+    ``<marker>_allowed`` (one pass over the log, whatever the number of markers)."""
+    return {m.group() for m in _MARKER_RE.finditer(log)} & markers
+
+
 def _leaked_markers(log: bytes, markers: list[bytes]) -> list[bytes]:
-    out = []
-    for mk in markers:
-        start = 0
-        while (i := log.find(mk, start)) >= 0:
-            if log[i + len(mk) : i + len(mk) + 8] != b"_allowed":
-                out.append(mk)
-                break
-            start = i + 1
+    return sorted(leaked_in(log, set(markers)))
+
+
+def leaked_in_file(path: Path, markers: set[bytes], block: int = 8 << 20) -> set[bytes]:
+    """``leaked_in`` over a whole file, read in blocks (the log of a long run is large)."""
+    out: set[bytes] = set()
+    tail = b""
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            out |= leaked_in(tail + data, markers)
+            tail = data[-64:]
     return out
 
 
@@ -733,10 +768,6 @@ def prelogin_piece(draw) -> bytes:
 # --------------------------------------------------------------------------
 
 
-def _count(rig: Rig, name: str) -> None:
-    rig.examples[name] = rig.examples.get(name, 0) + 1
-
-
 def test_statement_log_sees_what_reaches_the_server(rig):
     """The oracle works: an allowed statement's marker is in the log, a denied one's is not."""
     mk = new_marker()
@@ -760,16 +791,14 @@ def test_statement_log_sees_what_reaches_the_server(rig):
     rig.markers.append(mk)
 
 
-@fuzz_settings(0.35)
-@given(units=wellformed_units(), plan=chunk_plan())
-def test_fuzz_wellformed(rig, units, plan):
-    _count(rig, "wellformed")
+def run_wellformed(rig: Rig, units, plan, notes: list[str]) -> tuple[list[bytes], bytes]:
+    """One well-formed session; returns (denied markers, what the gateway sent)."""
     mk = new_marker()
     stream, segs = expected_segments(units)
     probe = b"probe_" + new_marker()  # not a denied marker: it must reach the server
     stream += q(b"select '" + probe + b"'")
     stream = stream.replace(PLACEHOLDER, mk)
-    note(f"stream: {stream!r}")
+    notes.append(f"stream: {stream!r}")
     s = Session(rig.gw.port)
     try:
         login(s)
@@ -781,7 +810,7 @@ def test_fuzz_wellformed(rig, units, plan):
             s.drain(wait=0.2)
         s.drain(wait=0.1)
         frames, rest = split_frames(bytes(s.rx))
-        note(f"response: {bytes(s.rx)[:3000]!r}")
+        notes.append(f"response: {bytes(s.rx)[:3000]!r}")
         assert not s.eof, "the gateway closed a session that sent only valid messages"
         # Cut the response into one segment per ReadyForQuery.
         got: list[list[tuple[bytes, bytes]]] = [[]]
@@ -807,7 +836,7 @@ def test_fuzz_wellformed(rig, units, plan):
         assert (b"D", struct.pack("!HI", 1, len(probe)) + probe) in got[-1], "the probe query returned nothing"
     finally:
         s.close()
-    check_after_example(rig, [mk], bytes(s.rx))
+    return [mk], bytes(s.rx)
 
 
 def _probe_session(s: Session, mk: bytes, timeout: float = IO_TIMEOUT) -> bool:
@@ -831,13 +860,10 @@ def _probe_session(s: Session, mk: bytes, timeout: float = IO_TIMEOUT) -> bool:
     return s.eof or row in s.rx
 
 
-@fuzz_settings(0.40)
-@given(stream=chaos_stream(), plan=chunk_plan())
-def test_fuzz_chaos(rig, stream, plan):
-    _count(rig, "chaos")
+def run_chaos(rig: Rig, stream: bytes, plan, notes: list[str]) -> tuple[list[bytes], bytes]:
     mk = new_marker()
     stream = stream.replace(PLACEHOLDER, mk)
-    note(f"stream: {stream!r}")
+    notes.append(f"stream: {stream!r}")
     framing = frontend_framing(stream)
     s = Session(rig.gw.port)
     try:
@@ -849,10 +875,10 @@ def test_fuzz_chaos(rig, stream, plan):
             assert s.wait_eof(IO_TIMEOUT), f"a frame with a bad length did not close the session; got {bytes(s.rx)[-500:]!r}"
         elif framing == "clean":
             assert _probe_session(s, mk), f"the session neither closed nor answered a probe; got {bytes(s.rx)[-1000:]!r}"
-        note(f"response: {bytes(s.rx)[:3000]!r}")
+        notes.append(f"response: {bytes(s.rx)[:3000]!r}")
     finally:
         s.close()
-    check_after_example(rig, [mk], bytes(s.rx))
+    return [mk], bytes(s.rx)
 
 
 TLS_ISH = [
@@ -879,13 +905,10 @@ def prelogin_stream(draw) -> list[bytes]:
     return pieces
 
 
-@fuzz_settings(0.25)
-@given(pieces=prelogin_stream(), tls=st.booleans(), plan=chunk_plan())
-def test_fuzz_prelogin(rig, pieces, tls, plan):
-    _count(rig, "prelogin")
+def run_prelogin(rig: Rig, pieces: list[bytes], tls: bool, plan, notes: list[str]) -> tuple[list[bytes], bytes]:
     g = rig.tls_gw if tls else rig.gw
     stream = b"".join(pieces)
-    note(f"gateway: {'tls' if tls else 'plain'}; stream: {stream[:2000]!r}{' ...' if len(stream) > 2000 else ''} ({len(stream)} bytes)")
+    notes.append(f"gateway: {'tls' if tls else 'plain'}; stream: {stream[:2000]!r}{' ...' if len(stream) > 2000 else ''} ({len(stream)} bytes)")
     s = Session(g.port)
     try:
         s.send_chunked(stream, plan)
@@ -898,18 +921,89 @@ def test_fuzz_prelogin(rig, pieces, tls, plan):
             s.drain(wait=0.2)
             if b"Z\x00\x00\x00\x05" in s.rx:
                 break  # logged in: what follows is the post-login fuzzers' business
-        note(f"response: {bytes(s.rx)[:2000]!r}")
+        notes.append(f"response: {bytes(s.rx)[:2000]!r}")
         assert s.eof or b"Z\x00\x00\x00\x05" in s.rx, f"a pre-login session was still open {limit} s after its last byte; got {bytes(s.rx)[:500]!r}"
     finally:
         s.close()
-    check_after_example(rig, [], bytes(s.rx))
+    return [], bytes(s.rx)
+
+
+# --------------------------------------------------------------------------
+# the swarm: FUZZ_SWARM sessions per example, run side by side
+# --------------------------------------------------------------------------
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=FUZZ_SWARM, thread_name_prefix="fuzz")
+    return _POOL
+
+
+def run_swarm(rig: Rig, family: str, runner, cases: list[tuple]) -> None:
+    """Run one generated session per case, concurrently when there are several
+    (``make fuzz``), then check the invariants once. A failing session's notes
+    (its stream and the gateway's response) become hypothesis notes, so the
+    reproducer printed for a failure shows them."""
+    rig.examples[family] = rig.examples.get(family, 0) + len(cases)
+    notes: list[list[str]] = [[] for _ in cases]
+    if len(cases) == 1:
+        futures = None
+        try:
+            results = [runner(rig, *cases[0], notes[0])]
+        except BaseException:
+            for line in notes[0]:
+                note(line)
+            raise
+    else:
+        futures = [_pool().submit(runner, rig, *case, notes[i]) for i, case in enumerate(cases)]
+        results, first_error = [], None
+        for i, fut in enumerate(futures):
+            try:
+                results.append(fut.result(timeout=120))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below with the session's notes
+                if first_error is None:
+                    first_error = (i, exc)
+        if first_error is not None:
+            i, exc = first_error
+            note(f"session {i} of {len(cases)} failed")
+            for line in notes[i]:
+                note(line)
+            raise exc
+    markers = [mk for mks, _ in results for mk in mks]
+    rx = b"".join(r for _, r in results)
+    check_after_example(rig, markers, rx)
+
+
+def swarm(strategy):
+    """FUZZ_SWARM cases of ``strategy`` per example."""
+    return st.lists(strategy, min_size=FUZZ_SWARM, max_size=FUZZ_SWARM)
+
+
+@fuzz_settings(0.35)
+@given(cases=swarm(st.tuples(wellformed_units(), chunk_plan())))
+def test_fuzz_wellformed(rig, cases):
+    run_swarm(rig, "wellformed", run_wellformed, cases)
+
+
+@fuzz_settings(0.40)
+@given(cases=swarm(st.tuples(chaos_stream(), chunk_plan())))
+def test_fuzz_chaos(rig, cases):
+    run_swarm(rig, "chaos", run_chaos, cases)
+
+
+@fuzz_settings(0.25)
+@given(cases=swarm(st.tuples(prelogin_stream(), st.booleans(), chunk_plan())))
+def test_fuzz_prelogin(rig, cases):
+    run_swarm(rig, "prelogin", run_prelogin, cases)
 
 
 def test_zz_resources_came_back_and_nothing_leaked(rig):
     """After all the fuzzing: fds back near the baseline, RSS bounded, no marker in the log."""
-    log = rig.pg.server_log().encode("utf-8", "replace")
-    leaked = _leaked_markers(log, rig.markers)
-    assert not leaked, f"denied statements reached the server: {leaked}"
+    leaked = leaked_in_file(rig.pg.log_path, set(rig.markers))
+    assert not leaked, f"denied statements reached the server: {sorted(leaked)}"
     assert rig.pg.execute("select count(*) from pg_tables where tablename = 'fuzz_victim'", dbname="appdb")[0][0] == 1
     for name, g in rig.gateways().items():
         base = rig.baseline[name]
