@@ -61,7 +61,7 @@ typedef struct {
     PyObject *gate;        /* gate(sql: bytes) -> bool, for C_GATED frames, or NULL */
     unsigned char cmask[256], smask[256];
     unsigned long long cmax, smax;
-    long long rfq_sent, rfq_received, syncs_since_execute;
+    long long rfq_sent, rfq_received, syncs_since_execute, copy_base;
     int last_was_error;
     int c_fast, s_fast;
     char txn_status;
@@ -148,6 +148,7 @@ static PyMemberDef Core_members[] = {
     {"rfq_sent", T_LONGLONG, offsetof(Core, rfq_sent), 0, "RFQ-producing client messages relayed"},
     {"rfq_received", T_LONGLONG, offsetof(Core, rfq_received), 0, "ReadyForQuery frames relayed"},
     {"syncs_since_execute", T_LONGLONG, offsetof(Core, syncs_since_execute), 0, NULL},
+    {"copy_base", T_LONGLONG, offsetof(Core, copy_base), 0, "replies owed before the last Query/Execute"},
     {"last_was_error", T_BOOL, offsetof(Core, last_was_error), 0, "last server frame an ErrorResponse"},
     {"c_fast", T_BOOL, offsetof(Core, c_fast), 0, "client reads may take the C path"},
     {"s_fast", T_BOOL, offsetof(Core, s_fast), 0, "server reads may take the C path"},
@@ -285,6 +286,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
         switch (mask[b[pos]]) {
         case C_QUERY:
         case C_GATED:
+            c->copy_base = c->rfq_sent;
             c->rfq_sent++;
             c->syncs_since_execute = 0;
             break;
@@ -293,6 +295,7 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
             c->syncs_since_execute++;
             break;
         case C_EXECUTE:
+            c->copy_base = c->rfq_sent;
             c->syncs_since_execute = 0;
             break;
         case C_COPY_END:

@@ -182,6 +182,7 @@ class Relay:
                 not halted
                 and not session.terminating  # the drain after Terminate watches each ReadyForQuery
                 and not session._copy_ends  # so does deciding whether a CopyDone ended a COPY
+                and not session._copy_ins  # and the ReadyForQuery that ends a COPY the server announced
                 and backlog[self.cfd] is None
                 and session._s_skip == 0
                 and session._s_pending is None

@@ -798,9 +798,11 @@ class Session:
             ctr.rfq_sent += 1
             ctr.syncs_since_execute += 1
         elif tag == F_QUERY:
+            ctr.copy_base = ctr.rfq_sent  # the replies owed before this Query's (a COPY's key)
             ctr.rfq_sent += 1
             ctr.syncs_since_execute = 0
         elif tag == F_EXECUTE:
+            ctr.copy_base = ctr.rfq_sent
             ctr.syncs_since_execute = 0
         else:  # CopyDone, CopyFail
             syncs = ctr.syncs_since_execute
@@ -810,11 +812,14 @@ class Session:
                 # the Syncs since its Execute fell into it.
                 self._copy_ins -= 1
                 ctr.rfq_sent -= syncs
-            elif syncs:
+            else:
                 # Not known yet (the client did not wait for CopyInResponse),
                 # or no COPY at all (the server ignores a stray CopyDone): the
                 # server's next replies decide (_copy_started, _copy_ready).
-                self._copy_ends.append((ctr.rfq_sent - syncs, syncs))
+                # Kept even with no Sync to uncount: it ends the COPY that the
+                # server has yet to announce, which must then not count as
+                # running (a later stray CopyDone would uncount real Syncs).
+                self._copy_ends.append((ctr.copy_base, syncs))
 
     def _copy_started(self) -> None:
         """A CopyInResponse: the server entered COPY FROM STDIN."""
@@ -1100,12 +1105,13 @@ class RelayCounters:
     whether the last server frame was an ErrorResponse. The C relay core
     (pgjit._relaycore.Core) has the same fields."""
 
-    __slots__ = ("rfq_sent", "rfq_received", "syncs_since_execute", "txn_status", "last_was_error")
+    __slots__ = ("rfq_sent", "rfq_received", "syncs_since_execute", "copy_base", "txn_status", "last_was_error")
 
     def __init__(self) -> None:
         self.rfq_sent = 0
         self.rfq_received = 0
         self.syncs_since_execute = 0
+        self.copy_base = 0
         self.txn_status = b"I"
         self.last_was_error = False
 

@@ -447,6 +447,41 @@ def test_extended_protocol_copy_still_counts_right(make_gateway, pg, tmp_path, r
         pg.execute("drop table if exists pgjit_copy_count", dbname="appdb")
 
 
+@pytest.mark.parametrize("relay", ["c", "python"])
+@pytest.mark.parametrize("ended_by", [m.CopyDone(), m.CopyFail("stop")], ids=["CopyDone", "CopyFail"])
+def test_stray_copy_end_after_a_copy_ended_early_does_not_skew_the_count(make_gateway, pg, tmp_path, relay, ended_by):
+    """Found by `make fuzz`: a simple-query COPY FROM STDIN ended by the client
+    before the server's CopyInResponse arrived used to count as still running
+    (nothing recorded its end); a later stray CopyDone/CopyFail after a Sync
+    then uncounted that Sync, and the next refused statement reached the
+    client as 26000 "pgjit_refused_…" instead of 42501."""
+    from tests.gateway_fixtures import start_gateway
+
+    pg.execute("create table if not exists pgjit_copy_early (a int); grant insert on pgjit_copy_early to app", dbname="appdb")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
+                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                                          "password": "apppass", "policy": str(policy)}})
+    try:
+        with RawClient(gw.port) as c:
+            c.login()
+            for round_ in range(5):
+                # The whole COPY in one write: its end is read before the server announces it.
+                c.send(m.Query("copy pgjit_copy_early from stdin"), m.CopyData(b"1\n"), ended_by)
+                _read_ready(c, 1)
+                # Then Execute, Sync and a stray CopyFail (ignored by the server), then a denied Execute.
+                c.send(m.Parse("", "select 1"), m.Bind("", ""), m.Execute(""), m.Sync(), m.CopyFail("stray"),
+                       m.Parse("", "drop table pgjit_nothing"), m.Bind("", ""), m.Execute(""), m.Sync())
+                msgs = _read_ready(c, 2)
+                states = [e.sqlstate for e in errors(msgs)]
+                assert states == ["42501"], (round_, [e.fields for e in errors(msgs)])
+                _denied_is_42501_and_idle(c)
+    finally:
+        gw.stop()
+        pg.execute("drop table if exists pgjit_copy_early", dbname="appdb")
+
+
 # ---------------------------------------------------------------- prepared statements the server kept
 
 

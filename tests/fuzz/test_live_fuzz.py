@@ -977,23 +977,32 @@ def run_swarm(rig: Rig, family: str, runner, cases: list[tuple]) -> None:
     check_after_example(rig, markers, rx)
 
 
+def run_timeout(share: float) -> int:
+    """pytest-timeout's bound for one fuzz test: 300 s, or 0.2 s a session for
+    a long run (``make fuzz`` does some 35 sessions a second on two cores)."""
+    return max(300, int(FUZZ_EXAMPLES * share * 0.2))
+
+
 def swarm(strategy):
     """FUZZ_SWARM cases of ``strategy`` per example."""
     return st.lists(strategy, min_size=FUZZ_SWARM, max_size=FUZZ_SWARM)
 
 
+@pytest.mark.timeout(run_timeout(0.35))
 @fuzz_settings(0.35)
 @given(cases=swarm(st.tuples(wellformed_units(), chunk_plan())))
 def test_fuzz_wellformed(rig, cases):
     run_swarm(rig, "wellformed", run_wellformed, cases)
 
 
+@pytest.mark.timeout(run_timeout(0.40))
 @fuzz_settings(0.40)
 @given(cases=swarm(st.tuples(chaos_stream(), chunk_plan())))
 def test_fuzz_chaos(rig, cases):
     run_swarm(rig, "chaos", run_chaos, cases)
 
 
+@pytest.mark.timeout(run_timeout(0.25))
 @fuzz_settings(0.25)
 @given(cases=swarm(st.tuples(prelogin_stream(), st.booleans(), chunk_plan())))
 def test_fuzz_prelogin(rig, cases):
