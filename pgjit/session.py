@@ -552,6 +552,11 @@ class Session:
         gateway.buffered += grew
         self._c_buffered = held
         if grew > 0 and gateway.buffered > self.config.limits.max_buffered:
+            # This session ends: its incomplete message is dropped and its
+            # bytes leave the budget now, not when its socket has closed (a
+            # client slow to take the error must not get others refused too).
+            self._c_pending = None
+            self.release_buffered()
             raise FatalError(
                 "out of memory: pgjit's buffer for incomplete messages is full",
                 detail=f"limits.max_buffered is {self.config.limits.max_buffered} bytes over all sessions",
