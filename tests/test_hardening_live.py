@@ -379,19 +379,23 @@ def _denied_is_42501_and_idle(c: RawClient) -> None:
     assert not errors(c.read_until_ready())
 
 
+def _relay_gateway(pg, tmp_path, relay: str, **sections):
+    """A gateway with this file's policy over the given relay ("c" or "python")."""
+    from tests.gateway_fixtures import start_gateway
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
+                         targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                                            "password": "apppass", "policy": str(policy)}}, **sections)
+
+
 @pytest.mark.parametrize("relay", ["c", "python"])
 @pytest.mark.parametrize("stray", [m.CopyDone(), m.CopyFail("stray")], ids=["CopyDone", "CopyFail"])
 def test_copy_end_outside_copy_does_not_skew_the_ready_count(make_gateway, pg, tmp_path, relay, stray):
     import time
 
-    from tests.gateway_fixtures import start_gateway
-
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
-                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
-                                          "password": "apppass", "policy": str(policy)}},
-                       timeouts={"startup": 5, "auth": 5, "upstream_connect": 5, "shutdown_grace": 20})
+    gw = _relay_gateway(pg, tmp_path, relay, timeouts={"startup": 5, "auth": 5, "upstream_connect": 5, "shutdown_grace": 20})
     try:
         with RawClient(gw.port) as c:
             c.login()
@@ -417,14 +421,8 @@ def test_copy_end_outside_copy_does_not_skew_the_ready_count(make_gateway, pg, t
 @pytest.mark.parametrize("relay", ["c", "python"])
 @pytest.mark.parametrize("pipelined", [False, True], ids=["waits-for-CopyInResponse", "pipelined"])
 def test_extended_protocol_copy_still_counts_right(make_gateway, pg, tmp_path, relay, pipelined):
-    from tests.gateway_fixtures import start_gateway
-
     pg.execute("create table if not exists pgjit_copy_count (a int); grant insert on pgjit_copy_count to app", dbname="appdb")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
-                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
-                                          "password": "apppass", "policy": str(policy)}})
+    gw = _relay_gateway(pg, tmp_path, relay)
     try:
         with RawClient(gw.port) as c:
             c.login()
@@ -455,14 +453,8 @@ def test_stray_copy_end_after_a_copy_ended_early_does_not_skew_the_count(make_ga
     (nothing recorded its end); a later stray CopyDone/CopyFail after a Sync
     then uncounted that Sync, and the next refused statement reached the
     client as 26000 "pgjit_refused_…" instead of 42501."""
-    from tests.gateway_fixtures import start_gateway
-
     pg.execute("create table if not exists pgjit_copy_early (a int); grant insert on pgjit_copy_early to app", dbname="appdb")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    gw = start_gateway(tmp_path / f"gw-{relay}", pg, env={"PGJIT_RELAY_CORE": relay},
-                       targets={"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
-                                          "password": "apppass", "policy": str(policy)}})
+    gw = _relay_gateway(pg, tmp_path, relay)
     try:
         with RawClient(gw.port) as c:
             c.login()
