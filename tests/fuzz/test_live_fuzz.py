@@ -446,7 +446,7 @@ def check_after_example(rig: Rig, markers: list[bytes], rx: bytes) -> None:
 
 def fuzz_settings(share: float, **kw: Any):
     return settings(
-        max_examples=max(1, int(FUZZ_EXAMPLES * share) // FUZZ_SWARM),
+        max_examples=max(1, -(-int(FUZZ_EXAMPLES * share) // FUZZ_SWARM)),  # rounded up: at least FUZZ_EXAMPLES sessions
         deadline=None,
         derandomize=False,
         database=DirectoryBasedExampleDatabase(str(REPO / ".hypothesis" / "fuzz")),
