@@ -118,7 +118,7 @@ class Rig:
     gw: Any
     tls_gw: Any
     tmp: Path
-    markers: list[bytes] = field(default_factory=list)
+    markers: set[bytes] = field(default_factory=set)
     baseline: dict[str, dict[str, int]] = field(default_factory=dict)
     peak: dict[str, dict[str, int]] = field(default_factory=dict)
     examples: dict[str, int] = field(default_factory=dict)
@@ -148,7 +148,7 @@ class Rig:
             f.seek(start)
             chunk = f.read()
         self.log_offset = start + len(chunk)
-        return leaked_in(chunk, set(self.markers))
+        return leaked_in(chunk, self.markers)
 
 
 def proc_stats(pid: int) -> dict[str, int]:
@@ -438,7 +438,7 @@ def check_after_example(rig: Rig, markers: list[bytes], rx: bytes) -> None:
     assert b"CXX000\x00" not in rx, f"the gateway answered with an internal error (XX000): {rx[:2000]!r}"
     for name, g in rig.gateways().items():
         assert fresh_select_1(g.port), f"a fresh client cannot log in and select 1 through gateway {name}"
-    rig.markers += markers
+    rig.markers.update(markers)
     leaked = rig.new_leaks()
     assert not leaked, f"denied statements reached the server (markers {sorted(leaked)} are in its log)"
     rig.sample()
@@ -510,10 +510,6 @@ def leaked_in(log: bytes, markers: set[bytes]) -> set[bytes]:
     """The markers of ``markers`` that appear in ``log`` other than as
     ``<marker>_allowed`` (one pass over the log, whatever the number of markers)."""
     return {m.group() for m in _MARKER_RE.finditer(log)} & markers
-
-
-def _leaked_markers(log: bytes, markers: list[bytes]) -> list[bytes]:
-    return sorted(leaked_in(log, set(markers)))
 
 
 def leaked_in_file(path: Path, markers: set[bytes], block: int = 8 << 20) -> set[bytes]:
@@ -787,8 +783,8 @@ def test_statement_log_sees_what_reaches_the_server(rig):
         time.sleep(0.05)
     log = rig.pg.server_log().encode()
     assert mk + b"_allowed" in log, "log_statement=all does not show statements in the server log"
-    assert not _leaked_markers(log, [mk])
-    rig.markers.append(mk)
+    assert not leaked_in(log, {mk})
+    rig.markers.add(mk)
 
 
 def run_wellformed(rig: Rig, units, plan, notes: list[str]) -> tuple[list[bytes], bytes]:
@@ -949,29 +945,24 @@ def run_swarm(rig: Rig, family: str, runner, cases: list[tuple]) -> None:
     reproducer printed for a failure shows them."""
     rig.examples[family] = rig.examples.get(family, 0) + len(cases)
     notes: list[list[str]] = [[] for _ in cases]
-    if len(cases) == 1:
-        futures = None
+
+    def attempt(i: int) -> tuple[Any, BaseException | None]:
         try:
-            results = [runner(rig, *cases[0], notes[0])]
-        except BaseException:
-            for line in notes[0]:
-                note(line)
-            raise
+            return runner(rig, *cases[i], notes[i]), None
+        except BaseException as exc:  # noqa: BLE001 - re-raised below with the session's notes
+            return None, exc
+
+    if len(cases) == 1:
+        outcomes = [attempt(0)]
     else:
-        futures = [_pool().submit(runner, rig, *case, notes[i]) for i, case in enumerate(cases)]
-        results, first_error = [], None
-        for i, fut in enumerate(futures):
-            try:
-                results.append(fut.result(timeout=120))
-            except BaseException as exc:  # noqa: BLE001 - re-raised below with the session's notes
-                if first_error is None:
-                    first_error = (i, exc)
-        if first_error is not None:
-            i, exc = first_error
+        outcomes = list(_pool().map(attempt, range(len(cases)), timeout=120))
+    for i, (_, exc) in enumerate(outcomes):
+        if exc is not None:
             note(f"session {i} of {len(cases)} failed")
             for line in notes[i]:
                 note(line)
             raise exc
+    results = [r for r, _ in outcomes]
     markers = [mk for mks, _ in results for mk in mks]
     rx = b"".join(r for _, r in results)
     check_after_example(rig, markers, rx)
@@ -1011,7 +1002,7 @@ def test_fuzz_prelogin(rig, cases):
 
 def test_zz_resources_came_back_and_nothing_leaked(rig):
     """After all the fuzzing: fds back near the baseline, RSS bounded, no marker in the log."""
-    leaked = leaked_in_file(rig.pg.log_path, set(rig.markers))
+    leaked = leaked_in_file(rig.pg.log_path, rig.markers)
     assert not leaked, f"denied statements reached the server: {sorted(leaked)}"
     assert rig.pg.execute("select count(*) from pg_tables where tablename = 'fuzz_victim'", dbname="appdb")[0][0] == 1
     for name, g in rig.gateways().items():
