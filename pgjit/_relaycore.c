@@ -9,13 +9,20 @@
  * the SQL it hands to a gate callback (below). It returns None when no event
  * was ready, else a list of what is left for Python, each entry one of:
  *
- *   (fd, events, -1, -1)  not read: Python handles the event as usual
- *   (fd, events,  n, -1)  n bytes read into the direction's buffer (0: EOF or
- *                         a reset), not yet looked at: Python relays them
- *   (fd, events,  n,  s)  relayed and counted, but only s of n bytes were
- *                         written: Python keeps the rest as the backlog
- *   (fd, events,  n, -2)  relayed and counted, the write failed: the
- *                         destination is gone
+ *   (fd, events, -1, -1, None)  not read: Python handles the event as usual
+ *   (fd, events,  0, -1, None)  the end of the stream (or a reset)
+ *   (fd, events,  n, -1, data)  n bytes read, not yet looked at: Python relays
+ *                               them; they are data[:n]
+ *   (fd, events,  n,  s, rest)  relayed and counted, but only s of n bytes
+ *                               were written: rest (bytes) is what was not
+ *   (fd, events,  n, -2, None)  relayed and counted, the write failed: the
+ *                               destination is gone
+ *
+ * Every read goes into one receive buffer that pump() shares between all
+ * sessions (the caller's holder[0]), so an idle session owns no buffer. What
+ * a read hands to Python must outlive the rest of the batch, which reads into
+ * the same buffer: a small read is copied out (a bytes); a large one takes
+ * the buffer itself with it, and holder[0] gets a fresh one.
  *
  * In a session with a policy, a Query, or a Parse of the unnamed statement,
  * takes this path only when the session's gate callback allows its SQL and
@@ -44,7 +51,6 @@ enum {
     C_QUERY = 1,    /* client: answered by one ReadyForQuery */
     C_SYNC = 2,     /* client: answered by one ReadyForQuery, unless it falls into COPY */
     C_EXECUTE = 3,  /* client: starts a run of Syncs that a COPY may swallow */
-    C_COPY_END = 4, /* client: CopyDone/CopyFail: the Syncs since Execute were swallowed */
     S_READY = 5,    /* server: ReadyForQuery */
     S_ERROR = 6,    /* server: ErrorResponse (remembered as the last frame) */
     C_GATED = 7,    /* client: a Query the gate callback must allow, then as C_QUERY */
@@ -57,7 +63,6 @@ enum {
 typedef struct {
     PyObject_HEAD
     int cfd, ufd;
-    PyObject *cbuf, *ubuf; /* bytearrays, one receive buffer per direction */
     PyObject *gate;        /* gate(sql: bytes) -> bool, for C_GATED frames, or NULL */
     unsigned char cmask[256], smask[256];
     unsigned long long cmax, smax;
@@ -70,19 +75,16 @@ typedef struct {
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"cfd", "ufd", "cbuf", "ubuf", "cmask", "smask", "cmax", "smax", NULL};
+    static char *kwlist[] = {"cfd", "ufd", "cmask", "smask", "cmax", "smax", NULL};
     int cfd, ufd;
-    PyObject *cbuf, *ubuf;
     Py_buffer cmask, smask;
     unsigned long long cmax, smax;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiYYy*y*KK", kwlist, &cfd, &ufd, &cbuf, &ubuf, &cmask,
-                                     &smask, &cmax, &smax))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiy*y*KK", kwlist, &cfd, &ufd, &cmask, &smask, &cmax, &smax))
         return -1;
-    if (cmask.len != 256 || smask.len != 256 || PyByteArray_GET_SIZE(cbuf) == 0 ||
-        PyByteArray_GET_SIZE(ubuf) == 0) {
+    if (cmask.len != 256 || smask.len != 256) {
         PyBuffer_Release(&cmask);
         PyBuffer_Release(&smask);
-        PyErr_SetString(PyExc_ValueError, "masks must be 256 bytes and buffers not empty");
+        PyErr_SetString(PyExc_ValueError, "masks must be 256 bytes");
         return -1;
     }
     memcpy(self->cmask, cmask.buf, 256);
@@ -91,10 +93,6 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     PyBuffer_Release(&smask);
     self->cfd = cfd;
     self->ufd = ufd;
-    Py_INCREF(cbuf);
-    Py_XSETREF(self->cbuf, cbuf);
-    Py_INCREF(ubuf);
-    Py_XSETREF(self->ubuf, ubuf);
     self->cmax = cmax;
     self->smax = smax;
     self->txn_status = 'I';
@@ -104,8 +102,6 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
 static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->cbuf);
-    Py_VISIT(self->ubuf);
     Py_VISIT(self->gate);
     return 0;
 }
@@ -113,8 +109,6 @@ Core_traverse(Core *self, visitproc visit, void *arg)
 static int
 Core_clear(Core *self)
 {
-    Py_CLEAR(self->cbuf);
-    Py_CLEAR(self->ubuf);
     Py_CLEAR(self->gate);
     return 0;
 }
@@ -184,10 +178,11 @@ frame_len(const unsigned char *p)
     return ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
 }
 
-/* Relay one readable event if it qualifies. Returns 1 when fully handled,
- * 0 with *n and *sent set when Python must take over. */
+/* Relay one readable event if it qualifies, reading into b (cap bytes).
+ * Returns 1 when fully handled, 0 with *n and *sent set when Python must
+ * take over. */
 static int
-relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
+relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_ssize_t *n, Py_ssize_t *sent)
 {
     *n = -1;
     *sent = -1;
@@ -198,11 +193,6 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
         return 0;
     if (!(client ? c->c_fast : c->s_fast))
         return 0;
-    PyObject *ba = client ? c->cbuf : c->ubuf;
-    if (ba == NULL)
-        return 0;
-    unsigned char *b = (unsigned char *)PyByteArray_AS_STRING(ba);
-    Py_ssize_t cap = PyByteArray_GET_SIZE(ba);
     ssize_t r = recv(fd, b, (size_t)cap, MSG_DONTWAIT);
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -298,10 +288,6 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
             c->copy_base = c->rfq_sent;
             c->syncs_since_execute = 0;
             break;
-        case C_COPY_END:
-            c->rfq_sent -= c->syncs_since_execute;
-            c->syncs_since_execute = 0;
-            break;
         case S_READY:
             c->rfq_received++;
             c->txn_status = (char)b[pos + 5];
@@ -331,13 +317,41 @@ relay_event(Core *c, int fd, uint32_t ev, Py_ssize_t *n, Py_ssize_t *sent)
     return 0;
 }
 
+/* Reads up to this size that are handed to Python are copied out of the
+ * shared buffer; a larger one takes the buffer with it. */
+#define COPY_MAX (16 * 1024)
+
+/* The n bytes of a read Python takes over, safe from the rest of the batch:
+ * a copy when small, else the shared buffer itself, replaced in holder[0]
+ * by a fresh one. */
+static PyObject *
+hand_over(PyObject *holder, PyObject *buf, Py_ssize_t n)
+{
+    if (n <= COPY_MAX)
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf), n);
+    PyObject *fresh = PyByteArray_FromStringAndSize(NULL, PyByteArray_GET_SIZE(buf));
+    if (fresh == NULL)
+        return NULL;
+    Py_INCREF(buf);
+    if (PyList_SetItem(holder, 0, fresh) < 0) { /* steals fresh */
+        Py_DECREF(buf);
+        return NULL;
+    }
+    return buf;
+}
+
 static PyObject *
 pump(PyObject *self, PyObject *args)
 {
     int epfd, maxevents;
-    PyObject *cores;
-    if (!PyArg_ParseTuple(args, "iiO!", &epfd, &maxevents, &PyDict_Type, &cores))
+    PyObject *cores, *holder;
+    if (!PyArg_ParseTuple(args, "iiO!O!", &epfd, &maxevents, &PyDict_Type, &cores, &PyList_Type, &holder))
         return NULL;
+    if (PyList_GET_SIZE(holder) != 1 || !PyByteArray_CheckExact(PyList_GET_ITEM(holder, 0)) ||
+        PyByteArray_GET_SIZE(PyList_GET_ITEM(holder, 0)) == 0) {
+        PyErr_SetString(PyExc_ValueError, "holder must be [bytearray], not empty");
+        return NULL;
+    }
     if (maxevents < 1 || maxevents > MAX_EVENTS)
         maxevents = MAX_EVENTS;
     struct epoll_event evs[MAX_EVENTS];
@@ -356,6 +370,7 @@ pump(PyObject *self, PyObject *args)
         int fd = evs[i].data.fd;
         uint32_t ev = evs[i].events;
         Py_ssize_t n = -1, sent = -1;
+        PyObject *data = NULL;
         PyObject *key = PyLong_FromLong(fd);
         if (key == NULL)
             goto error;
@@ -364,8 +379,11 @@ pump(PyObject *self, PyObject *args)
         if (core == NULL && PyErr_Occurred())
             goto error;
         if (core != NULL && Py_IS_TYPE(core, &CoreType)) {
+            PyObject *buf = PyList_GET_ITEM(holder, 0);
+            Py_INCREF(buf); /* the gate callback runs Python code */
             Py_INCREF(core);
-            int done = relay_event((Core *)core, fd, ev, &n, &sent);
+            int done = relay_event((Core *)core, fd, ev, (unsigned char *)PyByteArray_AS_STRING(buf),
+                                   PyByteArray_GET_SIZE(buf), &n, &sent);
             if (!done && n > 0 && sent == -1 && fd == ((Core *)core)->ufd)
                 /* A server read left for Python may end the session (a
                  * ParameterStatus, pgjit.lexstate): no client read of this
@@ -373,10 +391,19 @@ pump(PyObject *self, PyObject *args)
                  * sets c_fast again once it has. */
                 ((Core *)core)->c_fast = 0;
             Py_DECREF(core);
-            if (done)
+            if (done) {
+                Py_DECREF(buf);
                 continue;
+            }
+            if (n > 0 && sent == -1)
+                data = hand_over(holder, buf, n);
+            else if (sent >= 0) /* what the write left, always a copy: it waits for EPOLLOUT */
+                data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + sent, n - sent);
+            Py_DECREF(buf);
+            if (((n > 0 && sent == -1) || sent >= 0) && data == NULL)
+                goto error;
         }
-        PyObject *t = Py_BuildValue("(iInn)", fd, (unsigned int)ev, n, sent);
+        PyObject *t = Py_BuildValue("(iInnN)", fd, (unsigned int)ev, n, sent, data ? data : Py_NewRef(Py_None));
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             goto error;
@@ -392,8 +419,8 @@ error:
 
 static PyMethodDef methods[] = {
     {"pump", pump, METH_VARARGS,
-     "pump(epoll_fd, max_events, cores: dict[fd, Core]) -> [(fd, events, n, sent), ...] left for Python,\n"
-     "or None when no event was ready"},
+     "pump(epoll_fd, max_events, cores: dict[fd, Core], holder: [bytearray]) -> [(fd, events, n, sent, data), ...]\n"
+     "left for Python, or None when no event was ready; holder[0] is the shared receive buffer"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -410,7 +437,7 @@ PyInit__relaycore(void)
     /* The mask codes, for pgjit.reactor to build masks with. */
     static const struct { const char *name; int value; } codes[] = {
         {"PASS", PASS}, {"C_QUERY", C_QUERY}, {"C_SYNC", C_SYNC}, {"C_EXECUTE", C_EXECUTE},
-        {"C_COPY_END", C_COPY_END}, {"S_READY", S_READY}, {"S_ERROR", S_ERROR}, {"C_GATED", C_GATED},
+{"S_READY", S_READY}, {"S_ERROR", S_ERROR}, {"C_GATED", C_GATED},
         {"C_GATED_PARSE", C_GATED_PARSE}, {"PYTHON", PYTHON},
     };
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {

@@ -108,18 +108,14 @@ class Relay:
         self._done = trio.Event()
         self.error: BaseException | None = None
         self.closed = False
-        # One receive buffer per direction and relay. They cannot be shared
-        # between relays: the C pump handles a batch of events before Python
-        # sees the reads it handed back, which are still in these buffers.
-        # Bytes read from the upstream are handed on as a view (no copy);
-        # what a write leaves is copied out (_keep).
-        self._cbuf = bytearray(RECV_SIZE)
-        self._ubuf = bytearray(RECV_SIZE)
+        # A relay owns no receive buffer: every read goes into the reactor's
+        # one (Reactor._buf), and nothing keeps a view of it past handling
+        # that read (Session.from_server keeps none; _keep copies).
         self.core = None
         if reactor.use_core:
             watch, count_only, max_size, backend_max = session.relay_profile()
             gated = session.gate is not None
-            core = _relaycore.Core(self.cfd, self.ufd, self._cbuf, self._ubuf, client_mask(watch, count_only, gated),
+            core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),
                                    reactor.server_mask, max_size, backend_max)
             if gated:
                 core.gate = session.gate_allows
@@ -205,24 +201,28 @@ class Relay:
         except BaseException as e:  # ProtocolViolation, an internal error: the session reports it
             self._finish(e)
 
-    def on_report(self, fd: int, ev: int, n: int, sent: int) -> None:
-        """What the C path left for Python (see _relaycore.c for the codes)."""
+    def on_report(self, fd: int, ev: int, n: int, sent: int, data: bytes | bytearray | None) -> None:
+        """What the C path left for Python (see _relaycore.c for the codes).
+        ``data`` is this read's own (no other read of the batch reuses it)."""
         if n < 0:
             self.on_event(fd, ev)
             return
         try:
             if self.closed:
                 return
-            if sent == -1:  # read, not looked at
+            if sent == -1:  # read, not looked at: data[:n], or the end of the stream
+                if not n:
+                    data = b""
+                elif len(data) != n:
+                    del data[n:]  # a buffer the C path gave up: ours alone, no copy
                 if fd == self.cfd:
-                    self._got_client(self._cbuf[:n] if n else b"")
+                    self._got_client(data)
                 else:
-                    self._got_upstream(memoryview(self._ubuf)[:n])
+                    self._got_upstream(memoryview(data))
             elif sent == -2:  # relayed and counted; the destination is gone
                 self._send_failed(self.ufd if fd == self.cfd else self.cfd)
-            else:  # relayed and counted; keep what was not written
-                buf = self._cbuf if fd == self.cfd else self._ubuf
-                self._keep(self.ufd if fd == self.cfd else self.cfd, memoryview(buf)[sent:n])
+            else:  # relayed and counted; data is what was not written
+                self._keep(self.ufd if fd == self.cfd else self.cfd, data)
             self._sync()
         except BaseException as e:
             self._finish(e)
@@ -238,11 +238,11 @@ class Relay:
         return memoryview(buf)[:n]
 
     def _read_client(self) -> None:
-        view = self._recv(self.client, self._cbuf)
+        view = self._recv(self.client, self.reactor._buf)
         if view is not None:
-            self._got_client(view.tobytes())  # client messages are small: copy
+            self._got_client(view.tobytes())  # the session may keep it (an incomplete message): copy
 
-    def _got_client(self, data: bytes | bytearray) -> None:
+    def _got_client(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             self.session.end_reason = "client_gone"
             self._finish()
@@ -250,7 +250,7 @@ class Relay:
         self.feed_client(data)
 
     def _read_upstream(self) -> None:
-        data = self._recv(self.upstream, self._ubuf)
+        data = self._recv(self.upstream, self.reactor._buf)
         if data is not None:
             self._got_upstream(data)
 
@@ -298,10 +298,10 @@ class Relay:
             self.session.end_reason = "client_gone"
         self._finish()
 
-    def _keep(self, fd: int, rest: memoryview) -> None:
-        """Keep what a write left (a copy: the receive buffers are shared),
-        wait until writable, stop reading the source."""
-        self._backlog[fd] = memoryview(bytes(rest))
+    def _keep(self, fd: int, rest: bytes | memoryview) -> None:
+        """Keep what a write left (a copy, unless it is bytes already: the
+        receive buffer is shared), wait until writable, stop reading the source."""
+        self._backlog[fd] = memoryview(rest if isinstance(rest, bytes) else bytes(rest))
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] | _OUT)
         self._set_mask(source, self._mask[source] & ~_IN)
@@ -347,6 +347,14 @@ class Reactor:
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
         self.use_core = c_core_enabled() if use_core is None else use_core
         self.server_mask = server_mask() if self.use_core else b""
+        # The one receive buffer of every relay. The C pump may hand a large
+        # read to Python together with this buffer and put a fresh one in its
+        # place, so it is always reached through the list.
+        self._bufs = [bytearray(RECV_SIZE)]
+
+    @property
+    def _buf(self) -> bytearray:
+        return self._bufs[0]
 
     def relay(self, session: "Session", client: SocketTransport, upstream: SocketTransport) -> Relay:
         return Relay(self, session, client, upstream)
@@ -375,14 +383,14 @@ class Reactor:
         """Handle the events that are ready now, without waiting; False when
         there were none."""
         if self.use_core:
-            reports = _relaycore.pump(self._epfd, _BATCH, self._cores)
+            reports = _relaycore.pump(self._epfd, _BATCH, self._cores, self._bufs)
             if reports is None:
                 return False
             relays = self._relays
-            for fd, ev, n, sent in reports:
+            for fd, ev, n, sent, data in reports:
                 relay = relays.get(fd)
                 if relay is not None:
-                    relay.on_report(fd, ev, n, sent)
+                    relay.on_report(fd, ev, n, sent, data)
             return True
         events = self._ep.poll(0, _BATCH)
         relays = self._relays

@@ -241,3 +241,73 @@ def test_refused_query_reply_is_rewritten(use_core):
     marker_bind = out["to upstream"]
     assert b"<marker>" in marker_bind and b"drop table" not in marker_bind
     assert out["pending"][3] == 1  # one reply to rewrite
+
+
+@pytest.mark.parametrize("use_core", [pytest.param(True, marks=needs_core), False], ids=["c", "python"])
+@settings(max_examples=int(os.environ.get("PGJIT_RELAY_EXAMPLES", "300")) // 10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.lists(st.sampled_from([1, 60, 9_000, 20_000, 70_000, 300_000]), min_size=1, max_size=6),
+                      min_size=2, max_size=8),
+       # where the server's writes are cut; a large one last, so that every stream gets through in a few rounds
+       cuts=st.lists(st.sampled_from([1, 5, 3000, 16_385, 65_536, 262_145]), max_size=7).map(lambda c: c + [400_000]))
+def test_reads_of_many_relays_in_one_batch_stay_apart(use_core, sizes, cuts):
+    """Every relay reads into the reactor's one receive buffer. Several
+    sessions' reads land in one batch of the C pump, and those it hands to
+    Python (a frame cut by the read, a row larger than the buffer) are
+    handled only after the batch: each must still hold its own bytes (a
+    small one copied out, a large one taking the buffer with it). Each
+    relay's server sends rows of its own byte, cut at random places, all
+    written before one poll; every client must receive exactly its stream."""
+    reactor = Reactor(use_core=use_core)
+    pairs = []
+    try:
+        for i, row_sizes in enumerate(sizes):
+            c_app, c_gw = socket.socketpair()
+            u_gw, u_app = socket.socketpair()
+            for s in (c_app, u_app):
+                s.setblocking(False)
+            client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
+            session = Session(_Gateway(), client_t, None)
+            session.phase = Phase.RELAY
+            relay = reactor.relay(session, client_t, up_t)
+            fill = bytes([65 + i])
+            stream = b"".join(frame(b"D", b"\0\1" + struct.pack("!i", n) + fill * n) for n in row_sizes)
+            stream += frame(b"C", b"SELECT %d\0" % len(row_sizes)) + frame(b"Z", b"I")
+            pairs.append((relay, c_app, u_app, c_gw, u_gw, stream, bytearray(), 0))
+        sent = [0] * len(pairs)
+        got = [bytearray() for _ in pairs]
+        for rnd in range(2000):
+            progress = False
+            for k, (relay, c_app, u_app, _, _, stream, _, _) in enumerate(pairs):
+                if sent[k] < len(stream):
+                    step = cuts[(rnd + k) % len(cuts)]
+                    try:
+                        n = u_app.send(stream[sent[k] : sent[k] + step])
+                    except BlockingIOError:
+                        n = 0
+                    sent[k] += n
+                    progress = progress or n > 0
+            progress = reactor.poll() or progress  # one batch over every relay's reads
+            for k, (_, c_app, *_rest) in enumerate(pairs):
+                for _ in range(100):
+                    try:
+                        data = c_app.recv(1 << 20)
+                    except BlockingIOError:
+                        break
+                    if not data:
+                        break
+                    got[k] += data
+                    progress = True
+            if not progress and all(sent[k] == len(p[5]) for k, p in enumerate(pairs)):
+                break
+        for k, p in enumerate(pairs):
+            relay, stream = p[0], p[5]
+            assert relay.error is None and not relay.closed, (k, relay.error)
+            assert bytes(got[k]) == stream, f"relay {k}: {len(got[k])} of {len(stream)} bytes, or others' bytes"
+            assert relay.session.ctr.rfq_received == 1
+    finally:
+        for relay, c_app, u_app, c_gw, u_gw, *_ in pairs:
+            relay.close()
+            for s in (c_app, u_app, c_gw, u_gw):
+                s.close()
