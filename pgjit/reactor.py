@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import socket
+import traceback
 from typing import TYPE_CHECKING
 
 import trio
@@ -147,6 +148,12 @@ class Relay:
     def _finish(self, error: BaseException | None = None) -> None:
         if self.error is None:
             self.error = error
+            if error is not None:
+                # The error is kept until the session reports it; the frames
+                # of its traceback must not keep their locals, among them
+                # views of the shared receive buffer, which the C pump may
+                # hand to another session as that session's own.
+                _drop_locals(error)
         self.close()
 
     # -------------------------------------------------------------- events
@@ -240,7 +247,9 @@ class Relay:
     def _read_client(self) -> None:
         view = self._recv(self.client, self.reactor._buf)
         if view is not None:
-            self._got_client(view.tobytes())  # the session may keep it (an incomplete message): copy
+            data = view.tobytes()  # the session may keep it (an incomplete message): copy
+            view.release()
+            self._got_client(data)
 
     def _got_client(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -252,7 +261,10 @@ class Relay:
     def _read_upstream(self) -> None:
         data = self._recv(self.upstream, self.reactor._buf)
         if data is not None:
-            self._got_upstream(data)
+            try:
+                self._got_upstream(data)
+            finally:
+                data.release()
 
     def _got_upstream(self, data: memoryview) -> None:
         if not data:
@@ -337,6 +349,23 @@ class Relay:
             return
         self._mask[fd] = mask
         self.reactor._modify(fd, mask)
+
+
+def _drop_locals(error: BaseException) -> None:
+    """Clear the locals of the finished frames in ``error``'s traceback and
+    in those of the exceptions chained to it (the report needs only code
+    and line numbers)."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, BaseExceptionGroup):
+            todo += e.exceptions
 
 
 class Reactor:

@@ -311,3 +311,71 @@ def test_reads_of_many_relays_in_one_batch_stay_apart(use_core, sizes, cuts):
             relay.close()
             for s in (c_app, u_app, c_gw, u_gw):
                 s.close()
+
+
+def _pair(reactor: Reactor):
+    c_app, c_gw = socket.socketpair()
+    u_gw, u_app = socket.socketpair()
+    for s in (c_app, u_app):
+        s.setblocking(False)
+    client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
+    session = Session(_Gateway(), client_t, None)
+    session.phase = Phase.RELAY
+    return reactor.relay(session, client_t, up_t), [c_app, c_gw, u_gw, u_app]
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    for _ in range(1000):
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        got += data
+    return bytes(got)
+
+
+@pytest.mark.parametrize("use_core", [pytest.param(True, marks=needs_core), False], ids=["c", "python"])
+def test_a_failed_session_keeps_no_view_of_the_shared_buffer(use_core):
+    """A session that fails while Python handles its read (here a malformed
+    frame after an incomplete message) keeps its error, and with it the
+    error's traceback, until it reports. No frame of it may keep a view of
+    the reactor's shared receive buffer: the C pump hands that buffer to the
+    next session that makes a large read as that session's own, and Python
+    trims it to the read (which fails on a buffer still viewed: the old code
+    ended that innocent session with an internal BufferError)."""
+    reactor = Reactor(use_core=use_core)
+    bad, bad_socks = _pair(reactor)
+    good, good_socks = _pair(reactor)
+    try:
+        big = _q(b"select '" + b"x" * 100_000 + b"'")
+        bad_socks[0].send(big[:100])  # incomplete: its session carries it, and reads in Python from now on
+        for _ in range(5):
+            reactor.poll()
+        bad_socks[0].send(big[100:] + b"Q\0\0\0\1")  # then a frame whose length is impossible
+        for _ in range(20):
+            reactor.poll()
+            if bad.closed:
+                break
+        assert bad.closed and bad.error is not None  # it failed, and keeps its error
+        # Now a large read, incomplete, on the other session, then the rest.
+        sent = good_socks[0].send(big[:-1])
+        assert sent > 20_000
+        for _ in range(20):
+            reactor.poll()
+        good_socks[0].sendall(big[sent:])
+        got = b""
+        for _ in range(200):
+            reactor.poll()
+            got += _recv_all(good_socks[3])
+            if len(got) >= len(big) or good.closed:
+                break
+        assert good.error is None and not good.closed, good.error
+        assert got == big
+    finally:
+        for relay, socks in ((bad, bad_socks), (good, good_socks)):
+            relay.close()
+            for s in socks:
+                s.close()
