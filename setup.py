@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True),
-        Extension("pgjit._relaycore", ["pgjit/_relaycore.c"], optional=True),
+        Extension("pgjit.gateway._relaycore", ["pgjit/gateway/_relaycore.c"], optional=True),
         Extension("pgjit.policy._shape", ["pgjit/policy/_shape.c"], optional=True),
     ]
 )

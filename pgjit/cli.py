@@ -174,7 +174,7 @@ def _check_connect(cfg, timeout: float) -> int:
 
     from pgjit.jit.admin import AdminConnection
     from pgjit.jit.preflight import ERROR, WARNING, Finding, preflight
-    from pgjit.upstream import make_upstream_tls_context
+    from pgjit.gateway.upstream import make_upstream_tls_context
 
     jit = cfg.oidc is not None
     targets = list(cfg.targets.values())
@@ -242,7 +242,7 @@ def _cmd_serve(args) -> int:
     import trio
 
     from pgjit import logs
-    from pgjit.server import Gateway
+    from pgjit.gateway.server import Gateway
 
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.file)

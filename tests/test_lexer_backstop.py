@@ -1,4 +1,4 @@
-"""The backstop against lexer divergence (pgjit.lexstate, issue 8).
+"""The backstop against lexer divergence (pgjit.gateway.lexstate, issue 8).
 
 The gate reads SQL as UTF-8 with standard_conforming_strings on. Routes the
 gate cannot see (a function body made on the server by a DBA, UPDATE
@@ -21,8 +21,8 @@ import uuid
 import psycopg
 import pytest
 
-from pgjit import reactor as reactor_mod
-from pgjit.lexstate import MODELLED_ENCODINGS, lexer_state_problem
+from pgjit.gateway import reactor as reactor_mod
+from pgjit.gateway.lexstate import MODELLED_ENCODINGS, lexer_state_problem
 from pgjit.protocol import messages as m
 from tests.gateway_fixtures import start_gateway
 from tests.rawclient import RawClient, errors
@@ -64,7 +64,7 @@ def test_lexstate_does_not_import_trio():
     import subprocess
     import sys
 
-    code = "import sys, pgjit.lexstate; assert 'trio' not in sys.modules"
+    code = "import sys, pgjit.gateway.lexstate; assert 'trio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -193,9 +193,10 @@ def test_c_core_holds_client_reads_of_the_same_batch():
     same epoll batch: the C core leaves the server read to Python and must
     not relay the client read before Python has seen it."""
     from pgjit.policy.gate import Gate
-    from pgjit.reactor import Reactor
-    from pgjit.session import _FRONTEND_WATCH_GATED, Phase, Session
-    from pgjit.transport import SocketTransport
+    from pgjit.gateway.reactor import Reactor
+    from pgjit.gateway.relay import Relay
+    from pgjit.gateway.session import Phase, Session
+    from pgjit.gateway.transport import SocketTransport
     from tests.test_relay_paths import POLICY
 
     reactor = Reactor(use_core=True)
@@ -204,16 +205,15 @@ def test_c_core_holds_client_reads_of_the_same_batch():
     client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
     session = Session(_Gateway(), client_t, None)
     session.phase = Phase.RELAY
-    session.gate = Gate(POLICY)
-    session._c_watch = _FRONTEND_WATCH_GATED
-    relay = reactor.relay(session, client_t, up_t)
+    session.relay = Relay(session.config.limits, session.gateway, session_id=session.id, gate=Gate(POLICY))
+    relay = reactor.attach(session, client_t, up_t)
     try:
         u_app.sendall(REPLY + _ps("client_encoding", "BIG5") + frame(b"Z", b"I"))
         c_app.sendall(_q(b"select 1"))
         time.sleep(0.05)
         for _ in range(5):
             reactor.poll()
-        assert session.halted and relay.closed
+        assert session.relay.halted and relay.closed
         u_app.setblocking(False)
         with pytest.raises(BlockingIOError):
             u_app.recv(100)

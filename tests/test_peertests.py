@@ -115,9 +115,9 @@ def test_expected_evidence_is_the_gateways_own_message(name: str) -> None:
     """The evidence an expected difference needs is text pgjit really sends:
     rewording a refusal in the gateway must update the list."""
     entry = next(e for e in EXPECTED_DIFFERENCES if e.name == name)
-    source = (REPO / "pgjit" / "session.py").read_text()
+    source = "".join((REPO / "pgjit" / "gateway" / f).read_text() for f in ("session.py", "relay.py"))
     literals = " ".join(re.findall(r'"([^"\n]*)"', source))
-    assert re.search(entry.evidence, literals), f"{name}: {entry.evidence!r} is not in pgjit/session.py's messages"
+    assert re.search(entry.evidence, literals), f"{name}: {entry.evidence!r} is not in the gateway's messages"
 
 
 def test_every_expected_entry_has_a_reason() -> None:

@@ -1,4 +1,4 @@
-"""The reactor's C path (pgjit._relaycore) against its Python reference.
+"""The reactor's C path (pgjit.gateway._relaycore) against its Python reference.
 
 The same random conversation, cut into random chunks, with random stalls of
 the receivers (so that writes come up short and backlogs form), is relayed
@@ -21,14 +21,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgjit import reactor as reactor_mod
+from pgjit.gateway import reactor as reactor_mod
 from pgjit.config import parse_config
 from pgjit.policy.gate import Gate
 from pgjit.policy.model import Policy
 from pgjit.protocol import messages as m
-from pgjit.reactor import Reactor
-from pgjit.session import _FRONTEND_WATCH_GATED, Phase, Session
-from pgjit.transport import SocketTransport
+from pgjit.gateway.reactor import Reactor
+from pgjit.gateway.relay import Relay
+from pgjit.gateway.session import Phase, Session
+from pgjit.gateway.transport import SocketTransport
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = parse_config("targets:\n  appdb: {host: 127.0.0.1, port: 5432, database: appdb, user: app, password: x}\n")
@@ -132,9 +133,8 @@ def relay_once(steps, *, use_core: bool, gated: bool):
     session = Session(_Gateway(), client_t, None)
     session.phase = Phase.RELAY
     if gated:
-        session.gate = Gate(POLICY)
-        session._c_watch = _FRONTEND_WATCH_GATED
-    relay = reactor.relay(session, client_t, up_t)
+        session.relay = Relay(session.config.limits, session.gateway, session_id=session.id, gate=Gate(POLICY))
+    relay = reactor.attach(session, client_t, up_t)
     unsent = {"c": bytearray(), "s": bytearray()}
     got = {"up": bytearray(), "cl": bytearray()}
     apps = {"c": c_app, "s": u_app, "up": u_app, "cl": c_app}
@@ -189,14 +189,14 @@ def relay_once(steps, *, use_core: bool, gated: bool):
         relay.close()
         for s in (c_app, c_gw, u_gw, u_app):
             s.close()
-    ctr = session.ctr
+    ctr = session.relay.ctr
     markers = re.compile(rb"pgjit_refused_[0-9a-f]{16}")
     return {
         "to upstream": markers.sub(b"<marker>", bytes(got["up"])),
         "to client": bytes(got["cl"]),
         "counters": (ctr.rfq_sent, ctr.rfq_received, ctr.syncs_since_execute, ctr.txn_status, bool(ctr.last_was_error)),
-        "pending": (session._c_pending, session._s_pending, session._s_skip, len(session._rewrites)),
-        "prepared": sorted(session.prepared),
+        "pending": (session.relay._c_pending, session.relay._s_pending, session.relay._s_skip, len(session.relay._rewrites)),
+        "prepared": sorted(session.relay.prepared),
         "error": type(relay.error).__name__ if relay.error is not None else None,
         "error text": str(relay.error) if relay.error is not None else None,
         "end": session.end_reason,
@@ -270,7 +270,7 @@ def test_reads_of_many_relays_in_one_batch_stay_apart(use_core, sizes, cuts):
             client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
             session = Session(_Gateway(), client_t, None)
             session.phase = Phase.RELAY
-            relay = reactor.relay(session, client_t, up_t)
+            relay = reactor.attach(session, client_t, up_t)
             fill = bytes([65 + i])
             stream = b"".join(frame(b"D", b"\0\1" + struct.pack("!i", n) + fill * n) for n in row_sizes)
             stream += frame(b"C", b"SELECT %d\0" % len(row_sizes)) + frame(b"Z", b"I")
@@ -305,7 +305,7 @@ def test_reads_of_many_relays_in_one_batch_stay_apart(use_core, sizes, cuts):
             relay, stream = p[0], p[5]
             assert relay.error is None and not relay.closed, (k, relay.error)
             assert bytes(got[k]) == stream, f"relay {k}: {len(got[k])} of {len(stream)} bytes, or others' bytes"
-            assert relay.session.ctr.rfq_received == 1
+            assert relay.relay.ctr.rfq_received == 1
     finally:
         for relay, c_app, u_app, c_gw, u_gw, *_ in pairs:
             relay.close()
@@ -321,7 +321,7 @@ def _pair(reactor: Reactor):
     client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
     session = Session(_Gateway(), client_t, None)
     session.phase = Phase.RELAY
-    return reactor.relay(session, client_t, up_t), [c_app, c_gw, u_gw, u_app]
+    return reactor.attach(session, client_t, up_t), [c_app, c_gw, u_gw, u_app]
 
 
 def _recv_all(sock: socket.socket) -> bytes:

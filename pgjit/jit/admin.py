@@ -1,6 +1,6 @@
 """A small async SQL client for the JIT broker's admin connection.
 
-It runs on pgjit's own protocol client (:func:`pgjit.upstream.connect_upstream`)
+It runs on pgjit's own protocol client (:func:`pgjit.gateway.upstream.connect_upstream`)
 rather than a second driver: no thread pool, every await is trio-cancellable,
 and login reuses the gateway's SCRAM / channel binding / TLS code.
 
@@ -24,8 +24,8 @@ import trio
 
 from pgjit.protocol import messages as m
 from pgjit.protocol.errors import ProtocolError
-from pgjit.transport import TransportClosed
-from pgjit.upstream import UpstreamConnection, connect_upstream, make_upstream_tls_context
+from pgjit.gateway.transport import TransportClosed
+from pgjit.gateway.upstream import UpstreamConnection, connect_upstream, make_upstream_tls_context
 
 log = logging.getLogger("pgjit.jit")
 

@@ -167,7 +167,7 @@ def test_admin_connection_killed_by_server(jit_pg):
 def test_admin_connection_tls(pg_factory):
     """verify-full TLS (SCRAM-SHA-256-PLUS channel binding) through the
     gateway's own TLS and SCRAM code."""
-    from pgjit.upstream import make_upstream_tls_context
+    from pgjit.gateway.upstream import make_upstream_tls_context
 
     tpg = pg_factory(ssl=True)
     ctx = make_upstream_tls_context("verify-full", str(tpg.ca_path))

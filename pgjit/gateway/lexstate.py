@@ -7,7 +7,7 @@ message in the startup greeting and before the ReadyForQuery that follows a
 change), whatever made the change: a SET the gate saw, or ``set_config()`` in a
 function, ``UPDATE pg_settings``, ``ALTER ROLE ... SET`` and other routes it
 cannot see. The session ends when a report leaves the modelled state (see
-Session.from_server): from then on the server could split statements where the
+Relay.from_server): from then on the server could split statements where the
 gate does not.
 
 Every PostgreSQL *server* encoding is fine: each byte of one of their

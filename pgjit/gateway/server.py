@@ -15,27 +15,24 @@ import logging
 import secrets
 import socket
 import ssl
-from typing import TYPE_CHECKING
 
 import trio
 
 from pgjit import metrics
-from pgjit.clientauth import ClientAuthenticator, LoopbackAnyPassword, OIDCAuthenticator
+from pgjit.gateway.clientauth import ClientAuthenticator, LoopbackAnyPassword, OIDCAuthenticator
 from pgjit.config import Config, TargetConfig
 from pgjit.errors import AdminShutdown, TooManyConnections
 from pgjit.jit.admin import AdminConnection
 from pgjit.jit.broker import JitBroker
-from pgjit.catalogkeeper import CatalogKeeper
+from pgjit.gateway.catalogkeeper import CatalogKeeper
 from pgjit.policy.gate import Gate
 from pgjit.protocol import messages as m
-from pgjit.reactor import Reactor
-from pgjit.transport import SocketTransport
-from pgjit.upstream import make_upstream_tls_context, send_cancel
+from pgjit.gateway.reactor import Reactor
+from pgjit.gateway.session import Session
+from pgjit.gateway.transport import SocketTransport
+from pgjit.gateway.upstream import make_upstream_tls_context, send_cancel
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pgjit.session import Session
-
-log = logging.getLogger("pgjit.server")
+log = logging.getLogger("pgjit.gateway.server")
 
 # Clients beyond max_clients still get a proper 53300 error; this many of them
 # at once at most, after which excess connections are closed at once.
@@ -176,8 +173,6 @@ class Gateway:
         self._shutdown.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
-        from pgjit.session import Session
-
         cfg = self.config.listen
         listeners = await self._bind(cfg.host, cfg.port, cfg.reuse_port, cfg.backlog)
         self.addresses = [s.getsockname()[:2] for s in listeners]

@@ -20,7 +20,7 @@ from pgjit.protocol import messages as m
 from pgjit.protocol.errors import ProtocolError
 from pgjit.protocol.framing import FrameBuffer
 from pgjit.protocol.scram import MECHANISM, MECHANISM_PLUS, ScramClient, md5_password, tls_server_end_point
-from pgjit.transport import Transport, open_tcp, start_tls
+from pgjit.gateway.transport import Transport, open_tcp, start_tls
 
 
 class MessageStream:

@@ -1,6 +1,6 @@
 /* The reactor's hot path in C: read, find frame boundaries, count, write.
  *
- * pgjit.reactor keeps the relay's logic in Python (Session.from_client and
+ * pgjit.gateway.reactor keeps the relay's logic in Python (Relay.from_client and
  * from_server). Most reads need none of it: a client read holding whole
  * Query/Sync/Execute frames only moves the ReadyForQuery count, and a server
  * read holding whole frames only moves that count and the transaction status.
@@ -158,7 +158,7 @@ static PyGetSetDef Core_getset[] = {
 };
 
 static PyTypeObject CoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pgjit._relaycore.Core",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pgjit.gateway._relaycore.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Core_traverse,
@@ -386,7 +386,7 @@ pump(PyObject *self, PyObject *args)
                                    PyByteArray_GET_SIZE(buf), &n, &sent);
             if (!done && n > 0 && sent == -1 && fd == ((Core *)core)->ufd)
                 /* A server read left for Python may end the session (a
-                 * ParameterStatus, pgjit.lexstate): no client read of this
+                 * ParameterStatus, pgjit.gateway.lexstate): no client read of this
                  * batch goes upstream before Python has seen it. Python
                  * sets c_fast again once it has. */
                 ((Core *)core)->c_fast = 0;
@@ -434,7 +434,7 @@ PyInit__relaycore(void)
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL)
         return NULL;
-    /* The mask codes, for pgjit.reactor to build masks with. */
+    /* The mask codes, for pgjit.gateway.reactor to build masks with. */
     static const struct { const char *name; int value; } codes[] = {
         {"PASS", PASS}, {"C_QUERY", C_QUERY}, {"C_SYNC", C_SYNC}, {"C_EXECUTE", C_EXECUTE},
 {"S_READY", S_READY}, {"S_ERROR", S_ERROR}, {"C_GATED", C_GATED},

@@ -9,7 +9,7 @@ synchronously: read what is there, let the session's ``from_client`` /
 is kept (one read's worth at most) and waited for with EPOLLOUT, while the
 side that produced it stops being read: backpressure, bounded memory.
 
-When the optional C module ``pgjit._relaycore`` is built, its ``pump`` takes
+When the optional C module ``pgjit.gateway._relaycore`` is built, its ``pump`` takes
 the reads that need no Python at all (whole frames that only move the
 ReadyForQuery count: a Query, its reply) and relays them itself; every other
 read comes back here. The session's counters then live in the C ``Core``.
@@ -26,22 +26,32 @@ import os
 import select
 import socket
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from pgjit.session import RelayCounters
-from pgjit.transport import RECV_SIZE, SocketTransport
+from pgjit.gateway.relay import RelayCounters
+from pgjit.gateway.transport import RECV_SIZE, SocketTransport
 
 try:  # the optional C hot path (setup.py); the Python below is the reference
-    from pgjit import _relaycore
+    from pgjit.gateway import _relaycore
 except ImportError:  # pragma: no cover - only where it could not be built
     _relaycore = None
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pgjit.session import Session
+    from pgjit.gateway.relay import Relay
 
-log = logging.getLogger("pgjit.reactor")
+
+class RelayedSession(Protocol):
+    """What the reactor needs of a session (pgjit.gateway.session.Session)."""
+
+    relay: "Relay"
+    end_reason: str
+    _client_mid_message: bool
+
+    def upstream_eof(self) -> None: ...
+
+log = logging.getLogger("pgjit.gateway.reactor")
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
@@ -82,10 +92,10 @@ def client_mask(watch: frozenset[int], count_only: frozenset[int], gated: bool) 
 def server_mask() -> bytes:
     """The C path's code for each server frame type: only ReadyForQuery and
     ErrorResponse mean anything to it. A read with a ParameterStatus goes to
-    Python, which may end the session on it (pgjit.lexstate); they are rare."""
+    Python, which may end the session on it (pgjit.gateway.lexstate); they are rare."""
     rc = _relaycore
     # CopyInResponse too: whether a CopyDone ends a COPY (and which Syncs the
-    # COPY swallowed) is the session's to decide (Session._count), once per COPY.
+    # COPY swallowed) is the relay's to decide (Relay._count), once per COPY.
     codes = {b"Z"[0]: rc.S_READY, b"E"[0]: rc.S_ERROR, b"S"[0]: rc.PYTHON, b"G"[0]: rc.PYTHON}
     return bytes(codes.get(t, rc.PASS) for t in range(256))
 
@@ -94,12 +104,13 @@ def c_core_enabled() -> bool:
     return _relaycore is not None and os.environ.get("PGJIT_RELAY_CORE", "c") != "python"
 
 
-class Relay:
+class Channel:
     """One session's two sockets inside the reactor."""
 
-    def __init__(self, reactor: "Reactor", session: "Session", client: SocketTransport, upstream: SocketTransport) -> None:
+    def __init__(self, reactor: "Reactor", session: RelayedSession, client: SocketTransport, upstream: SocketTransport) -> None:
         self.reactor = reactor
         self.session = session
+        self.relay = relay = session.relay  # the I/O-free half (pgjit.gateway.relay)
         self.client = client.sock
         self.upstream = upstream.sock
         self.cfd = self.client.fileno()
@@ -111,26 +122,26 @@ class Relay:
         self.closed = False
         # A relay owns no receive buffer: every read goes into the reactor's
         # one (Reactor._buf), and nothing keeps a view of it past handling
-        # that read (Session.from_server keeps none; _keep copies).
+        # that read (Relay.from_server keeps none; _keep copies).
         self.core = None
         if reactor.use_core:
-            watch, count_only, max_size, backend_max = session.relay_profile()
-            gated = session.gate is not None
+            watch, count_only, max_size, backend_max = relay.relay_profile()
+            gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),
                                    reactor.server_mask, max_size, backend_max)
             if gated:
-                core.gate = session.gate_allows
-            old = session.ctr
+                core.gate = relay.gate_allows
+            old = relay.ctr
             for name in RelayCounters.__slots__:
                 setattr(core, name, getattr(old, name))
-            session.ctr = core
+            relay.ctr = core
             self.core = core
             self._sync()
         reactor._register(self)
 
     @property
     def client_mid_message(self) -> bool:
-        return self._backlog[self.cfd] is not None or self.session._s_skip > 0
+        return self._backlog[self.cfd] is not None or self.relay._s_skip > 0
 
     async def finished(self) -> None:
         await self._done.wait()
@@ -159,12 +170,12 @@ class Relay:
     # -------------------------------------------------------------- events
 
     def feed_client(self, data: bytes) -> None:
-        out, stop = self.session.from_client(data)
+        out, stop = self.relay.from_client(data)
         if out:
             self._send(self.ufd, out)
         if stop:
             self.session.end_reason = "ok"
-            if self.session.terminating:
+            if self.relay.terminating:
                 # A Terminate went upstream: the client is not read again, and
                 # its socket closes after the server's, once what the server
                 # still sends (the reply of a query that was running) is through.
@@ -178,23 +189,23 @@ class Relay:
         carried over, a backlog, or a refusal's reply still to rewrite."""
         core = self.core
         if core is not None:
-            session, backlog = self.session, self._backlog
-            halted = session.halted
-            core.c_fast = not halted and not session.terminating and backlog[self.ufd] is None and session._c_pending is None
+            relay, backlog = self.relay, self._backlog
+            halted = relay.halted
+            core.c_fast = not halted and not relay.terminating and backlog[self.ufd] is None and relay._c_pending is None
             core.s_fast = (
                 not halted
-                and not session.terminating  # the drain after Terminate watches each ReadyForQuery
-                and not session._copy_ends  # so does deciding whether a CopyDone ended a COPY
-                and not session._copy_ins  # and the ReadyForQuery that ends a COPY the server announced
+                and not relay.terminating  # the drain after Terminate watches each ReadyForQuery
+                and not relay._copy_ends  # so does deciding whether a CopyDone ended a COPY
+                and not relay._copy_ins  # and the ReadyForQuery that ends a COPY the server announced
                 and backlog[self.cfd] is None
-                and session._s_skip == 0
-                and session._s_pending is None
-                and not session._rewrites
+                and relay._s_skip == 0
+                and relay._s_pending is None
+                and not relay._rewrites
             )
 
     def on_event(self, fd: int, ev: int) -> None:
         try:
-            if fd == self.cfd and ev & _ERR and self.session.terminating:
+            if fd == self.cfd and ev & _ERR and self.relay.terminating:
                 self._finish()  # the client went away after its Terminate: nobody to answer
                 return
             if ev & _OUT:
@@ -272,10 +283,10 @@ class Relay:
             self.session.upstream_eof()
             self._finish()
             return
-        out = self.session.from_server(data)
+        out = self.relay.from_server(data)
         if out:
             self._send(self.cfd, out)
-        if self.session.halted:
+        if self.relay.halted:
             self._halt()
 
     def _halt(self) -> None:
@@ -335,12 +346,12 @@ class Relay:
             self._backlog[fd] = view[n:]
             return
         self._backlog[fd] = None
-        if self.session.halted:
+        if self.relay.halted:
             self._finish()
             return
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] & ~_OUT)
-        if source == self.cfd and self.session.terminating:
+        if source == self.cfd and self.relay.terminating:
             return  # nothing more is read from a client that sent Terminate
         self._set_mask(source, self._mask[source] | _IN)
 
@@ -372,7 +383,7 @@ class Reactor:
     def __init__(self, *, use_core: bool | None = None) -> None:
         self._ep = select.epoll()
         self._epfd = self._ep.fileno()
-        self._relays: dict[int, Relay] = {}
+        self._relays: dict[int, Channel] = {}
         self._cores: dict[int, object] = {}  # fd -> the C Core of its relay
         self.use_core = c_core_enabled() if use_core is None else use_core
         self.server_mask = server_mask() if self.use_core else b""
@@ -385,10 +396,10 @@ class Reactor:
     def _buf(self) -> bytearray:
         return self._bufs[0]
 
-    def relay(self, session: "Session", client: SocketTransport, upstream: SocketTransport) -> Relay:
-        return Relay(self, session, client, upstream)
+    def attach(self, session: RelayedSession, client: SocketTransport, upstream: SocketTransport) -> Channel:
+        return Channel(self, session, client, upstream)
 
-    def _register(self, relay: Relay) -> None:
+    def _register(self, relay: Channel) -> None:
         for fd in (relay.cfd, relay.ufd):
             self._relays[fd] = relay
             if relay.core is not None:
@@ -398,7 +409,7 @@ class Reactor:
     def _modify(self, fd: int, mask: int) -> None:
         self._ep.modify(fd, mask)
 
-    def _unregister(self, relay: Relay) -> None:
+    def _unregister(self, relay: Channel) -> None:
         for fd in (relay.cfd, relay.ufd):
             if self._relays.get(fd) is relay:
                 del self._relays[fd]

@@ -16,7 +16,16 @@ from pgjit.errors import InvalidAuthorization, ProtocolViolation
 from pgjit.protocol import messages as m
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pgjit.session import Session
+    from pgjit.gateway.transport import Transport
+    from pgjit.gateway.upstream import MessageStream
+
+
+class ClientSide(Protocol):
+    """What authenticating needs of a session: its client's connection."""
+
+    client: "Transport"
+    client_stream: "MessageStream"
+    peer: object
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class Principal:
 
 
 class ClientAuthenticator(Protocol):
-    async def authenticate(self, session: "Session", startup: m.StartupMessage) -> Principal: ...
+    async def authenticate(self, session: ClientSide, startup: m.StartupMessage) -> Principal: ...
 
 
 def is_loopback(peer: object) -> bool:
@@ -43,7 +52,7 @@ def is_loopback(peer: object) -> bool:
         return False
 
 
-async def request_password(session: "Session") -> str:
+async def request_password(session: ClientSide) -> str:
     """Ask the client for a cleartext password and return it."""
     await session.client_stream.send(m.AuthenticationCleartextPassword())
     tag, body = await session.client_stream.read_frame()
@@ -55,7 +64,7 @@ async def request_password(session: "Session") -> str:
 class LoopbackAnyPassword:
     """Development mode: accept any password, from loopback clients only."""
 
-    async def authenticate(self, session: "Session", startup: m.StartupMessage) -> Principal:
+    async def authenticate(self, session: ClientSide, startup: m.StartupMessage) -> Principal:
         if not is_loopback(session.peer):
             raise InvalidAuthorization(
                 "pgjit accepts password logins without OIDC only from loopback clients",
@@ -80,7 +89,7 @@ class OIDCAuthenticator:
         self.verifier = verifier  # pgjit.identity.TokenVerifier
         self.allow_insecure_loopback = allow_insecure_loopback
 
-    async def authenticate(self, session: "Session", startup: m.StartupMessage) -> Principal:
+    async def authenticate(self, session: ClientSide, startup: m.StartupMessage) -> Principal:
         import trio
 
         if not session.client.tls and not (self.allow_insecure_loopback and is_loopback(session.peer)):
