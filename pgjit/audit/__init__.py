@@ -1,0 +1,9 @@
+"""Records: who ran what, when, with what outcome (DESIGN.md, records layer).
+
+    chain    the hash chain and signed checkpoints; verify (store or export)
+    store    SQLAlchemy Core tables, SQLite (WAL) or PostgreSQL; Alembic migrations
+    writer   the bounded queue and the background thread that seals and writes
+    tool     the ``pgjit store`` and ``pgjit audit`` commands
+
+Nothing here imports the wire codec or trio.
+"""

@@ -1,0 +1,195 @@
+"""``pgjit store upgrade`` and ``pgjit audit verify|export``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+STORE_HELP = """\
+The audit store is an SQLAlchemy URL: sqlite:///PATH (the default kind: one
+file, WAL mode) or postgresql://USER:PASSWORD@HOST:PORT/DB (production, and
+several replicas sharing one store). It can also come from $PGJIT_STORE__URL.
+"""
+
+VERIFY_DESCRIPTION = """\
+Check the audit trail's integrity, in the store or in an export file: every
+record is chained by hash to the one before it, per gateway process, and
+checkpoints sign the chain with the key from the config. Each record that
+was edited, deleted, inserted or moved is named (chain and sequence number),
+as is each checkpoint whose signature does not hold.
+"""
+
+VERIFY_EPILOG = """\
+exit status: 0 the trail is intact, 1 a problem was found (each one is
+printed), 2 the store or the file could not be read, or no key was given.
+Records after a chain's last checkpoint (a gateway still running, or one that
+was killed) are counted and reported; only a checkpoint protects them against
+being re-hashed.
+"""
+
+EXPORT_DESCRIPTION = """\
+Write the audit records as JSON lines, one record per line, in chain and
+sequence order, with the fields chain, seq, kind, at, session_id, person,
+target, decision, body, prev and hash (docs/audit.md describes each). The
+file verifies on its own: pgjit audit verify --file EXPORT.
+"""
+
+
+def build_parser(sub: Any) -> None:
+    store = sub.add_parser("store", help="manage the audit store (schema upgrades)",
+                           description="Manage the audit store.", epilog=STORE_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ssub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    ssub.required = True
+    up = ssub.add_parser("upgrade", help="create the store's tables, or bring them to this pgjit's schema",
+                         description="Create the audit store's tables, or migrate them to the schema this pgjit "
+                         "needs (Alembic). Safe to run again: a store that is current is left alone.",
+                         epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _url_arg(up)
+    up.set_defaults(func=_cmd_upgrade)
+
+    audit = sub.add_parser("audit", help="verify or export the audit trail", description="The audit trail.")
+    asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    asub.required = True
+    ver = asub.add_parser("verify", help="check the trail's hash chains and signed checkpoints",
+                          description=VERIFY_DESCRIPTION, epilog=VERIFY_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ver.add_mutually_exclusive_group()
+    _url_arg(src)
+    src.add_argument("--file", metavar="EXPORT", help="verify a JSON-lines export instead of the store")
+    _key_arg(ver)
+    ver.set_defaults(func=_cmd_verify)
+
+    exp = asub.add_parser("export", help="write the records as JSON lines", description=EXPORT_DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    _url_arg(exp)
+    exp.add_argument("--format", choices=("jsonl",), default="jsonl", help="the output format (default: jsonl)")
+    exp.add_argument("--since", metavar="TIME", help="only records at or after this UTC time (ISO 8601, e.g. 2026-12-01T00:00:00Z)")
+    exp.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    exp.set_defaults(func=_cmd_export)
+
+
+def _url_arg(p: Any) -> None:
+    p.add_argument("--url", default=os.environ.get("PGJIT_STORE__URL"),
+                   help="the store's URL (default: $PGJIT_STORE__URL)")
+
+
+def _key_arg(p: Any) -> None:
+    p.add_argument("--key-file", default=os.environ.get("PGJIT_AUDIT__CHECKPOINT_KEY_FILE"), metavar="FILE",
+                   help="the checkpoint key (default: $PGJIT_AUDIT__CHECKPOINT_KEY_FILE)")
+
+
+def _need_url(args: Any) -> str | None:
+    if not args.url:
+        print("pgjit: no store given: pass --url or set PGJIT_STORE__URL", file=sys.stderr)
+        return None
+    return args.url
+
+
+def read_key(path: str) -> bytes:
+    data = Path(path).read_bytes().strip()
+    if len(data) < 16:
+        raise ValueError(f"{path}: a checkpoint key must be at least 16 bytes")
+    return data
+
+
+def _cmd_upgrade(args: Any) -> int:
+    from pgjit.audit.store import StoreError, upgrade
+
+    url = _need_url(args)
+    if url is None:
+        return 2
+    try:
+        before, after = upgrade(url)
+    except (StoreError, Exception) as e:  # noqa: BLE001 - a clear line, not a traceback
+        print(f"pgjit: store upgrade failed: {_short(e)}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"store is current (revision {after})")
+    else:
+        print(f"store upgraded from {before or '(empty)'} to revision {after}")
+    return 0
+
+
+def _cmd_verify(args: Any) -> int:
+    from pgjit.audit.chain import iter_jsonl, verify
+
+    if not args.key_file:
+        print("pgjit: no checkpoint key: pass --key-file or set PGJIT_AUDIT__CHECKPOINT_KEY_FILE "
+              "(without it a re-hashed chain cannot be told from a real one)", file=sys.stderr)
+        return 2
+    try:
+        key = read_key(args.key_file)
+    except (OSError, ValueError) as e:
+        print(f"pgjit: cannot read the checkpoint key: {e}", file=sys.stderr)
+        return 2
+    store = None
+    try:
+        if args.file:
+            with open(args.file, encoding="utf-8") as f:
+                report = verify(iter_jsonl(f), key)
+        else:
+            from pgjit.audit.store import Store
+
+            url = _need_url(args)
+            if url is None:
+                return 2
+            store = Store(url)
+            report = verify(store.records(), key)
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if store is not None:
+            store.close()
+    for problem in report.problems:
+        print(problem)
+    summary = (f"{report.records} records in {report.chains} chain(s), {report.checkpoints} checkpoint(s); "
+               f"{report.unchecked} record(s) after the last checkpoint of their chain")
+    if report.ok:
+        print(f"ok: {summary}")
+        return 0
+    print(f"FAILED: {len(report.problems)} problem(s); {summary}")
+    return 1
+
+
+def _cmd_export(args: Any) -> int:
+    from pgjit.audit.store import Store
+
+    url = _need_url(args)
+    if url is None:
+        return 2
+    try:
+        store = Store(url)
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: {_short(e)}", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        n = write_jsonl(store.records(since=args.since), out)
+    finally:
+        store.close()
+        if args.output:
+            out.close()
+    print(f"{n} records exported", file=sys.stderr)
+    return 0
+
+
+EXPORT_FIELDS = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash")
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], out: Any) -> int:
+    n = 0
+    for r in records:
+        out.write(json.dumps({k: r.get(k) for k in EXPORT_FIELDS}, ensure_ascii=False, separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
+def _short(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,185 @@
+"""The batched audit writer: records in, off the hot path, into the store.
+
+``submit`` only appends to a bounded in-memory queue (no I/O, no hashing);
+a background thread takes what has queued, seals it into the process's hash
+chain (pgjit.audit.chain), writes it in one transaction, and checkpoints
+every ``checkpoint_every`` records or ``checkpoint_seconds``. When the store
+cannot be written the thread keeps the sealed batch and retries it (backing
+off up to ``retry_max`` seconds) until it can: nothing queued is lost. While
+it fails the queue grows; once it holds ``capacity`` records, ``submit``
+raises AuditUnavailable, and the gateway refuses the statement rather than
+run it unrecorded (``on_store_failure: fail_closed``).
+
+A thread rather than a trio task: SQLAlchemy's drivers block, and the
+writer must keep draining while the event loop is busy relaying.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from pgjit.audit.chain import Chainer
+
+log = logging.getLogger("pgjit.audit.writer")
+
+
+class AuditUnavailable(Exception):
+    """The record cannot be queued: the store is failing and the buffer is full."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Any,  # pgjit.audit.store.Store, or anything with append(list[dict])
+        key: bytes,
+        *,
+        chain: str | None = None,
+        capacity: int = 100_000,
+        batch: int = 1000,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 10.0,
+        retry_max: float = 5.0,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.chainer = Chainer(chain or secrets.token_hex(16))
+        self.capacity = capacity
+        self.batch = batch
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.retry_max = retry_max
+        self.clock = clock
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.store_errors = 0
+        self.failing = False  # the last write failed (readiness, metrics)
+        self.last_error = ""
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._inflight: list[dict[str, Any]] = []
+
+    @property
+    def chain(self) -> str:
+        return self.chainer.chain
+
+    @property
+    def depth(self) -> int:
+        """Records queued or being written."""
+        return len(self._queue) + len(self._inflight)
+
+    def start(self) -> "Writer":
+        self._thread = threading.Thread(target=self._run, name="pgjit-audit-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, record: dict[str, Any]) -> None:
+        """Queue one record (a dict with kind, session_id, person, target,
+        decision, body; ``at`` is filled in when absent). Raises
+        AuditUnavailable when the buffer is full."""
+        if len(self._queue) >= self.capacity:
+            raise AuditUnavailable(
+                f"the audit store cannot be written ({self.last_error or 'writes are behind'}) "
+                f"and {self.capacity} records are waiting"
+            )
+        if "at" not in record:
+            record["at"] = self.clock()
+        self._queue.append(record)
+        if len(self._queue) >= self.batch:
+            with self._wake:
+                self._wake.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            self._wake.notify()
+        while self.depth:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is queued, then a final checkpoint; True when all of it
+        reached the store within ``timeout``."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive() and not self.depth
+        return not self.depth
+
+    # ------------------------------------------------------------ thread
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._wake:
+                if not self._queue and not self._closing and not self._inflight:
+                    self._wake.wait(timeout=0.05)
+                closing = self._closing
+            if not self._inflight:
+                self._inflight = self._take(closing)
+            if not self._inflight:
+                if closing:
+                    return
+                continue
+            try:
+                self.store.append(self._inflight)
+            except Exception as e:  # the store is down: keep the batch, retry
+                self.store_errors += 1
+                self.failing = True
+                self.last_error = _short(e)
+                if self.store_errors == 1 or self.store_errors % 50 == 0:
+                    log.warning("audit store write failed; retrying", extra={"error": self.last_error,
+                                                                            "queued": self.depth})
+                time.sleep(backoff)
+                backoff = min(self.retry_max, backoff * 2)
+                continue
+            if self.failing:
+                log.info("audit store writable again", extra={"written": len(self._inflight)})
+            self.failing = False
+            backoff = 0.05
+            self.written += len(self._inflight)
+            self._inflight = []
+
+    def _take(self, closing: bool) -> list[dict[str, Any]]:
+        """The next batch, sealed into the chain, with checkpoints where due."""
+        out: list[dict[str, Any]] = []
+        q = self._queue
+        chainer = self.chainer
+        while q and len(out) < self.batch:
+            out.append(chainer.seal(q.popleft()))
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.checkpoint_every:
+                out.append(self._checkpoint())
+        due = self._since_checkpoint and time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
+        if due or (closing and not q and (self._since_checkpoint or chainer.seq == 0)):
+            out.append(self._checkpoint(final=closing and not q))
+        return out
+
+    def _checkpoint(self, *, final: bool = False) -> dict[str, Any]:
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        record = self.chainer.checkpoint(self.key, self.clock(), final=final)
+        return record
+
+
+def _short(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -1,0 +1,185 @@
+"""The audit store on both backends (SQLite, PostgreSQL): migrations, the
+writer, tampering through SQL, the CLI, export and offline verification, and
+a store outage with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pgjit.audit import store as st
+from pgjit.audit.chain import verify
+from pgjit.audit.writer import AuditUnavailable, Writer
+
+KEY = b"audit-test-key-" + b"x" * 17
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return st.sqlite_url(tmp_path / "data" / "audit.db")
+    pg = request.getfixturevalue("pg")
+    db = "audit_" + secrets.token_hex(4)
+    pg.psql(f"create database {db}")
+    return pg.url(dbname=db)
+
+
+@pytest.fixture
+def key_file(tmp_path) -> Path:
+    p = tmp_path / "audit.key"
+    p.write_bytes(KEY)
+    return p
+
+
+def _statement(i: int, **over) -> dict:
+    rec = {"kind": "statement", "session_id": "s" + str(i % 3), "person": "alice@example.com", "target": "appdb",
+           "decision": "allow", "body": {"text": f"select {i}", "rows": 1, "protocol": "simple"}}
+    rec.update(over)
+    return rec
+
+
+def _fill(url: str, n: int, *, every: int = 10) -> list[dict]:
+    st.upgrade(url)
+    store = st.Store(url)
+    w = Writer(store, KEY, checkpoint_every=every).start()
+    for i in range(n):
+        w.submit(_statement(i))
+    assert w.close()
+    rows = list(store.records())
+    store.close()
+    return rows
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgjit", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def _sql(url: str, statement: str, **params) -> None:
+    engine = st.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+    engine.dispose()
+
+
+def test_upgrade_creates_and_then_leaves_alone(store_url):
+    out = _cli("store", "upgrade", "--url", store_url)
+    assert out.returncode == 0, out.stderr
+    assert "upgraded from (empty) to revision 0001" in out.stdout
+    out = _cli("store", "upgrade", "--url", store_url)
+    assert out.returncode == 0 and "store is current (revision 0001)" in out.stdout
+
+
+def test_a_store_behind_the_schema_is_refused_with_the_fix(store_url):
+    if store_url.startswith("sqlite"):
+        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(st.StoreError, match="pgjit store upgrade"):
+        st.Store(store_url)
+
+
+def test_written_records_come_back_in_order_and_verify(store_url, key_file):
+    rows = _fill(store_url, 25, every=10)
+    statements = [r for r in rows if r["kind"] == "statement"]
+    assert [r["body"]["text"] for r in statements] == [f"select {i}" for i in range(25)]
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert sum(r["kind"] == "checkpoint" for r in rows) == 3  # after 10, 20, and the final one
+    out = _cli("audit", "verify", "--url", store_url, "--key-file", str(key_file))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("ok: 28 records in 1 chain(s), 3 checkpoint(s)")
+
+
+@pytest.mark.parametrize("tamper", ["update", "delete", "insert", "swap"])
+def test_tampering_through_sql_is_named(store_url, key_file, tamper):
+    rows = _fill(store_url, 30, every=10)
+    victim = next(r for r in rows if r["body"].get("text") == "select 12")
+    chain, seq = victim["chain"], victim["seq"]
+    if tamper == "update":
+        _sql(store_url, "update audit_records set decision = 'deny' where chain = :c and seq = :s", c=chain, s=seq)
+        expect = [f"record {seq}: edited"]
+    elif tamper == "delete":
+        _sql(store_url, "delete from audit_records where chain = :c and seq = :s", c=chain, s=seq)
+        expect = [f"record {seq}: deleted"]
+    elif tamper == "insert":
+        _sql(store_url, "insert into audit_records (chain, seq, kind, at, session_id, person, target, decision, body, prev, hash) "
+             "select chain, seq, kind, at, session_id, 'mallory', target, decision, body, prev, hash "
+             "from audit_records where chain = :c and seq = :s", c=chain, s=seq)
+        expect = [f"record {seq}: inserted"]
+    else:
+        other = seq + 3
+        _sql(store_url, "update audit_records set seq = -1 where chain = :c and seq = :s", c=chain, s=seq)
+        _sql(store_url, "update audit_records set seq = :s where chain = :c and seq = :o", c=chain, s=seq, o=other)
+        _sql(store_url, "update audit_records set seq = :o where chain = :c and seq = -1", c=chain, o=other)
+        expect = [f"record {seq}: edited", f"record {other}: edited"]
+    out = _cli("audit", "verify", "--url", store_url, "--key-file", str(key_file))
+    assert out.returncode == 1, out.stdout + out.stderr
+    for line in expect:
+        assert f"chain {chain} {line}" in out.stdout, out.stdout
+    assert "FAILED" in out.stdout
+
+
+def test_export_verifies_offline_and_names_an_edit_in_it(store_url, key_file, tmp_path):
+    _fill(store_url, 12, every=5)
+    export = tmp_path / "trail.jsonl"
+    out = _cli("audit", "export", "--url", store_url, "--format", "jsonl", "-o", str(export))
+    assert out.returncode == 0, out.stderr
+    lines = export.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert list(first) == ["chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash"]
+    assert _cli("audit", "verify", "--file", str(export), "--key-file", str(key_file)).returncode == 0
+    rec = json.loads(lines[4])
+    rec["body"]["rows"] = 0
+    lines[4] = json.dumps(rec)
+    export.write_text("\n".join(lines) + "\n")
+    out = _cli("audit", "verify", "--file", str(export), "--key-file", str(key_file))
+    assert out.returncode == 1 and f"record {rec['seq']}: edited" in out.stdout
+
+
+def test_verify_without_a_key_refuses(store_url):
+    _fill(store_url, 2)
+    out = _cli("audit", "verify", "--url", store_url)
+    assert out.returncode == 2 and "no checkpoint key" in out.stderr
+
+
+def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
+    """The store (PostgreSQL) stops while records are being written: the
+    writer keeps retrying; once its buffer is full, submit refuses (the
+    gateway's fail_closed); the store comes back and every record queued
+    before and during the outage is written, in order, and verifies."""
+    cluster = pg_factory()
+    url = cluster.url(dbname="postgres")
+    st.upgrade(url)
+    store = st.Store(url)
+    w = Writer(store, KEY, capacity=50, batch=10, checkpoint_every=20, retry_max=0.2).start()
+    for i in range(30):
+        w.submit(_statement(i))
+    assert w.flush(20)
+    cluster.stop()
+    queued = 30
+    refused = 0
+    for i in range(30, 200):
+        try:
+            w.submit(_statement(i))
+            queued += 1
+        except AuditUnavailable as e:
+            refused += 1
+            assert "cannot be written" in str(e)
+    deadline = time.monotonic() + 20
+    while not w.failing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.failing and w.store_errors > 0
+    assert refused > 0 and queued < 200
+    cluster.start()
+    assert w.close(60)
+    store.close()
+    store = st.Store(url)
+    rows = list(store.records())
+    store.close()
+    texts = [r["body"]["text"] for r in rows if r["kind"] == "statement"]
+    assert texts == [f"select {i}" for i in range(queued)]
+    assert verify(rows, KEY).ok
