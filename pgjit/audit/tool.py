@@ -18,7 +18,7 @@ several replicas sharing one store). It can also come from $PGJIT_STORE__URL.
 VERIFY_DESCRIPTION = """\
 Check the audit trail's integrity, in the store or in an export file: every
 record is chained by hash to the one before it, per gateway process, and
-checkpoints sign the chain with the key from the config. Each record that
+checkpoints sign the chain with the checkpoint key. Each record that
 was edited, deleted, inserted or moved is named (chain and sequence number),
 as is each checkpoint whose signature does not hold.
 """
