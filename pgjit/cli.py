@@ -15,7 +15,7 @@ relays their sessions to the target database, enforcing policy on the way.
 """
 
 SERVE_EPILOG = """\
-Configuration is one YAML file with the sections listen, tls, timeouts, limits,
+Configuration is one YAML file with the sections listen, tls, timeouts, limits, api,
 log, auth, oidc and targets (see README.md). Every setting can be overridden by
 an environment variable: PGJIT_<SECTION>__<KEY>, e.g. PGJIT_LISTEN__PORT=7432 or
 PGJIT_TARGETS__APPDB__PASSWORD=secret. The config file itself can be given as

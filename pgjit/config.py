@@ -122,6 +122,16 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API (/metrics, /healthz, /readyz). Loopback unless told otherwise."""
+
+    host: str = "127.0.0.1"
+    port: int = 9187
+    # How often each target's server is probed (a TCP connect) for /readyz.
+    probe_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """How clients authenticate until OIDC is configured.
 
@@ -184,6 +194,7 @@ class Config:
     auth: AuthConfig
     targets: Mapping[str, TargetConfig]
     oidc: OIDCSettings | None = None
+    api: ApiConfig | None = None  # no API unless the section is there
     #: Settings that came from the environment: dotted key -> variable name
     #: (names only; values may be secrets).
     env_overrides: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -405,13 +416,12 @@ def _nonnegative_float(v: Any) -> float:
 # Loading
 # --------------------------------------------------------------------------
 
-TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc"}
+TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "api"}
 
 #: Sections of the target design that this version does not implement yet.
 #: They are refused rather than ignored: whoever writes one believes it works.
 NOT_IMPLEMENTED = {
     "store": "the audit and approval store",
-    "api": "the HTTP API: metrics, health, approvals",
 }
 
 
@@ -547,6 +557,15 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
             tls=utls,
         )
 
+    api = None
+    if "api" in data:
+        ap = _section(ctx, data.get("api"), ("api",), {"host", "port", "probe_interval"})
+        api = ApiConfig(
+            host=_get(ctx, ap, ("api",), "host", _str, "127.0.0.1"),
+            port=_get(ctx, ap, ("api",), "port", _int_range(0, 65535), 9187),
+            probe_interval=_get(ctx, ap, ("api",), "probe_interval", _positive_float, 5.0),
+        )
+
     return Config(
         source=fname,
         listen=listen,
@@ -557,5 +576,6 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         auth=auth,
         targets=targets,
         oidc=oidc,
+        api=api,
         env_overrides={".".join(p): v for p, v in sorted(env.items()) if v[len(ENV_PREFIX) :].lower().split("__") == list(p)},
     )

@@ -99,6 +99,8 @@ def start_gateway(workdir: Path, pg: Any, env: dict[str, str] | None = None, **s
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()}")
         for rec in gw.logs():
+            if rec.get("msg") == "api listening":
+                gw.extra["api_port"] = int(rec["addresses"].split(",")[0].rsplit(":", 1)[1])
             if rec.get("msg") == "listening":
                 gw.port = int(rec["addresses"].split(",")[0].rsplit(":", 1)[1])
                 gw.relay = rec.get("relay")

@@ -80,7 +80,7 @@ def test_jwks_file_that_is_a_directory_is_refused(tmp_path):
 # ---------------------------------------------------------------- store / api
 
 
-@pytest.mark.parametrize("section", ["store", "api"])
+@pytest.mark.parametrize("section", ["store"])
 def test_unimplemented_section_is_refused_with_its_line(section):
     text = TARGETS + f"{section}:\n  url: sqlite:///x.db\n"
     msg = refuse(text)
@@ -90,8 +90,8 @@ def test_unimplemented_section_is_refused_with_its_line(section):
 
 @pytest.mark.parametrize("value", ["{}", "", "[]"])
 def test_unimplemented_section_is_refused_even_empty(value):
-    msg = refuse(f"api: {value}\n" + TARGETS)
-    assert msg.startswith("pgjit.yaml:1: api: ") and "not implemented" in msg
+    msg = refuse(f"store: {value}\n" + TARGETS)
+    assert msg.startswith("pgjit.yaml:1: store: ") and "not implemented" in msg
 
 
 def test_unimplemented_section_from_environment_names_the_variable():

@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import secrets
 import struct
+import time
 from typing import Callable, Protocol
 
 from pgjit import metrics
@@ -50,6 +51,8 @@ from pgjit.protocol.framing import scan_watched
 log = logging.getLogger("pgjit.gateway.relay")
 
 _U32 = struct.Struct("!I")
+_clock = time.perf_counter
+_GATE_SECONDS = metrics.GATE_SECONDS
 
 # Frontend tags.
 F_QUERY, F_SYNC, F_FUNCTION_CALL, F_TERMINATE, F_PARSE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0], b"P"[0]
@@ -498,12 +501,16 @@ class Relay:
         needs no bookkeeping (prepared statements) and no log line (shadow
         rules). Anything else is False, and the read takes the Python path,
         which decides again and does the rest. No side effects."""
+        started = _clock()
         try:
             analysis, decision = self.gate.verdict(raw, self.groups, self.prepared, self.overlay)  # type: ignore[union-attr]
         except Exception:
             return False
-        return (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
-                and not _changes_catalog(analysis))
+        if (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
+                and not _changes_catalog(analysis)):
+            _GATE_SECONDS.observe(_clock() - started)  # a False is timed again on the Python path
+            return True
+        return False
 
     def gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
@@ -511,8 +518,12 @@ class Relay:
         statement is not forwarded)."""
         gate = self.gate
         assert gate is not None
+        started = _clock()
         try:
-            analysis, decision = gate.verdict(raw, self.groups, self.prepared, self.overlay)
+            try:
+                analysis, decision = gate.verdict(raw, self.groups, self.prepared, self.overlay)
+            finally:
+                _GATE_SECONDS.observe(_clock() - started)
         except UnicodeDecodeError:
             self._log_refusal("pgjit:not-utf8", "deny", "not-utf8", len(raw))
             return FeatureNotSupported(

@@ -19,6 +19,7 @@ import ssl
 import trio
 
 from pgjit import metrics
+from pgjit.api import server as api_server
 from pgjit.gateway.clientauth import ClientAuthenticator, LoopbackAnyPassword, OIDCAuthenticator
 from pgjit.config import Config, TargetConfig
 from pgjit.errors import AdminShutdown, TooManyConnections
@@ -94,6 +95,12 @@ class Gateway:
         }
         # Relays plain-TCP sessions (TLS sessions use a task per direction).
         self.reactor: Reactor | None = Reactor()
+        # Each target's server at the last probe (None: not probed yet); the
+        # probes run with the API, for /readyz and pgjit_upstream_up.
+        self.upstream_up: dict[str, bool | None] = {name: None for name in config.targets}
+        self.upstream_detail: dict[str, str] = {name: "not probed yet" for name in config.targets}
+        self.api_addresses: list[tuple[str, int]] = []
+        metrics.watch_gateway(self.metrics_state)
 
     def _catalog_connect(self, t: TargetConfig):  # type: ignore[no-untyped-def]
         return functools.partial(
@@ -187,6 +194,12 @@ class Gateway:
                 background.start_soon(keeper.run)
             if self.verifier is not None:
                 background.start_soon(self._refresh_jwks)
+            if self.config.api is not None:
+                await background.start(self._probe_upstreams)
+                api_cfg = self.config.api
+                self.api_addresses = await background.start(
+                    api_server.serve, api_server.Api(self.readiness), api_cfg.host, api_cfg.port
+                )
             async with trio.open_nursery() as session_nursery:
                 async with trio.open_nursery() as listen_nursery:
                     for lsock in listeners:
@@ -207,6 +220,66 @@ class Gateway:
             with trio.CancelScope(shield=True):
                 await broker.aclose()
         log.info("stopped")
+
+    # ------------------------------------------------------ health, metrics
+
+    def metrics_state(self) -> dict[str, object]:
+        sessions: dict[str, int] = {name: 0 for name in self.config.targets}
+        sessions["-"] = 0
+        for s in self.sessions:
+            sessions[s.database or "-"] = sessions.get(s.database or "-", 0) + 1
+        return {
+            "sessions": sessions,
+            "jit_roles": {name: len(b.live) for name, b in self.brokers.items()},
+            "upstream_up": {name: bool(up) for name, up in self.upstream_up.items()},
+            "buffered": self.buffered,
+        }
+
+    def readiness(self) -> dict[str, tuple[bool, str]]:
+        """/readyz: accepting, every target's server reachable, and every
+        gated target's catalog loaded (its sessions fail closed without it)."""
+        checks: dict[str, tuple[bool, str]] = {}
+        if self.shutdown_requested:
+            checks["listening"] = (False, "shutting down")
+        else:
+            checks["listening"] = (bool(self.addresses), ",".join(f"{h}:{p}" for h, p in self.addresses) or "not yet")
+        for name, up in self.upstream_up.items():
+            checks[f"upstream:{name}"] = (bool(up), self.upstream_detail[name])
+        for name, keeper in self.catalogs.items():
+            loaded = keeper.loaded.is_set()
+            checks[f"catalog:{name}"] = (loaded, "loaded" if loaded else (keeper.last_error or "loading"))
+        return checks
+
+    async def _probe_upstreams(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """A TCP connect to each target's server, closed at once (PostgreSQL
+        logs nothing for a connection that sends no bytes)."""
+        assert self.config.api is not None
+        interval = self.config.api.probe_interval
+        started = False
+        while True:
+            async with trio.open_nursery() as probes:
+                for target in self.config.targets.values():
+                    probes.start_soon(self._probe_one, target)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(interval)
+
+    async def _probe_one(self, target: TargetConfig) -> None:
+        try:
+            with trio.fail_after(min(2.0, self.config.timeouts.upstream_connect)):
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            await stream.aclose()
+        except (OSError, trio.TooSlowError) as e:
+            if self.upstream_up[target.name] is not False:
+                log.warning("upstream unreachable", extra={"target": target.name, "error": str(e) or type(e).__name__})
+            self.upstream_up[target.name] = False
+            self.upstream_detail[target.name] = f"{target.host}:{target.port}: {str(e) or 'timed out'}"
+            return
+        if self.upstream_up[target.name] is False:
+            log.info("upstream reachable again", extra={"target": target.name})
+        self.upstream_up[target.name] = True
+        self.upstream_detail[target.name] = f"{target.host}:{target.port}"
 
     async def _refresh_jwks(self) -> None:
         """Keep the issuer's keys warm so that logins do not wait on the IdP."""
@@ -259,7 +332,7 @@ class Gateway:
             if self.starting >= cfg.max_startup:
                 # Too many connections not yet authenticated: this one is told
                 # so (53300), before anything is read from it, and closed.
-                metrics.SESSIONS_TOTAL.labels("too_many_starting").inc()
+                metrics.SESSIONS_TOTAL.labels("-", "too_many_starting").inc()
                 if self._turning_away < _EXCESS_ALLOWANCE:
                     self._turning_away += 1
                     nursery.start_soon(self._turn_away, transport)

@@ -119,7 +119,6 @@ class Session:
 
     async def run(self) -> None:
         token = logs.session_id.set(self.id)
-        metrics.SESSIONS_ACTIVE.inc()
         try:
             with trio.CancelScope() as self._scope:
                 if self._terminate_error is not None:
@@ -160,8 +159,7 @@ class Session:
             with trio.CancelScope(shield=True):
                 await self._close()
             self.gateway.forget_session(self)
-            metrics.SESSIONS_ACTIVE.dec()
-            metrics.SESSIONS_TOTAL.labels(self.end_reason).inc()
+            metrics.SESSIONS_TOTAL.labels(self.database or "-", self.end_reason).inc()
             log.info(
                 "session closed",
                 extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3)},

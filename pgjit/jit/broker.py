@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 import trio
 
+from pgjit import metrics
 from pgjit.errors import InvalidAuthorization, UpstreamUnavailable
 from pgjit.jit.admin import AdminConnection, AdminConnectionError, AdminSQLError
 from pgjit.jit.naming import is_jit_role_name, like_escape, quote_ident, quote_literal, role_name
@@ -346,6 +347,8 @@ class JitBroker:
                     "ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
+            metrics.JIT_CONNECT_SECONDS.observe(time.monotonic() - started)
+            metrics.JIT_ROLE_EVENTS.labels("created").inc()
             return JitRole(name, password, valid_until)
         raise JitRoleError() from last_error
 
@@ -425,6 +428,7 @@ class JitBroker:
             except AdminConnectionError as e:
                 error = str(e)
             else:
+                metrics.JIT_ROLE_EVENTS.labels("revoked" if reason == "session ended" else "swept").inc()
                 log.info(
                     "role revoked",
                     extra={"role": name, "reason": reason, "attempts": attempt + 1, "ms": round((time.monotonic() - started) * 1000, 1)},
