@@ -281,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgjit.devtools import dsncmd
 
         return dsncmd.run(args)
+    if args.command == "policy" and args.policy_command == "replay":
+        from pgjit.audit import tool as audit_tool
+
+        return audit_tool.cmd_replay(args)
     if args.command == "policy":
         from pgjit.policy import tool
 

@@ -73,6 +73,27 @@ def build_parser(sub: Any) -> None:
     exp.set_defaults(func=_cmd_export)
 
 
+    sess = sub.add_parser("sessions", help="list recorded sessions, or show one's timeline",
+                          description="Sessions as the audit trail recorded them.", epilog=STORE_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    ssub2 = sess.add_subparsers(dest="sessions_command", metavar="SUBCOMMAND")
+    ssub2.required = True
+    ls = ssub2.add_parser("list", help="one line per session: who, where, when, statements, denials, how it ended",
+                          description="One line per recorded session, oldest first.")
+    _url_arg(ls)
+    ls.add_argument("--user", help="only this person (the token's subject or e-mail)")
+    ls.add_argument("--target", help="only sessions on this target database")
+    ls.add_argument("--since", metavar="TIME", help="only sessions started at or after this UTC time (ISO 8601)")
+    ls.add_argument("--denied", action="store_true", help="only sessions with at least one refused statement")
+    ls.set_defaults(func=_cmd_sessions_list)
+    show = ssub2.add_parser("show", help="one session's timeline: statements, decisions, rows, durations",
+                            description="The timeline of one session: its start, every statement with its "
+                            "decision, rule, outcome, rows, SQLSTATE and duration, and its end.")
+    _url_arg(show)
+    show.add_argument("session_id", metavar="ID", help="the session id (from sessions list, or a log line)")
+    show.set_defaults(func=_cmd_sessions_show)
+
+
 def _url_arg(p: Any) -> None:
     p.add_argument("--url", default=os.environ.get("PGJIT_STORE__URL"),
                    help="the store's URL (default: $PGJIT_STORE__URL)")
@@ -193,3 +214,79 @@ def write_jsonl(records: Iterable[dict[str, Any]], out: Any) -> int:
 def _short(e: BaseException) -> str:
     text = str(getattr(e, "orig", None) or e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _views(args: Any):  # type: ignore[no-untyped-def]
+    from pgjit.audit.sessions import gather
+    from pgjit.audit.store import Store
+
+    store = Store(args.url)
+    try:
+        return gather(store.records(kinds=("session_start", "session_end", "statement", "statement_result")))
+    finally:
+        store.close()
+
+
+def _cmd_sessions_list(args: Any) -> int:
+    from pgjit.audit.sessions import print_list, select
+
+    if _need_url(args) is None:
+        return 2
+    try:
+        views = _views(args)
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        return 2
+    print_list(select(views, user=args.user, target=args.target, since=args.since, denied=args.denied), sys.stdout)
+    return 0
+
+
+def _cmd_sessions_show(args: Any) -> int:
+    from pgjit.audit.sessions import print_timeline
+
+    if _need_url(args) is None:
+        return 2
+    try:
+        views = _views(args)
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        return 2
+    v = views.get(args.session_id)
+    if v is None:
+        print(f"pgjit: no session {args.session_id!r} in the audit records", file=sys.stderr)
+        return 1
+    print_timeline(v, sys.stdout)
+    return 0
+
+
+def cmd_replay(args: Any) -> int:
+    """Exit 0: no decision would change; 1: some would (each printed); 2: error."""
+    from pgjit.audit.sessions import replay, select
+    from pgjit.policy.gate import Gate
+    from pgjit.policy.model import Policy, PolicyError
+
+    if _need_url(args) is None:
+        return 2
+    try:
+        gate = Gate(Policy.load(args.policy_file))
+    except (PolicyError, OSError) as e:
+        print(f"pgjit: {e}", file=sys.stderr)
+        return 2
+    try:
+        views = _views(args)
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        return 2
+    chosen = select(views, target=args.target)
+    decided = sum(len(v.statements) for v in chosen)
+    changes = list(replay(chosen, gate, since=args.since))
+    for c in changes:
+        text = " ".join(c.text.split())
+        print(f"{c.at} session {c.session_id} #{c.seq}: {c.before} -> {c.after}"
+              f"{f' (rule {c.rule})' if c.rule else ''}: {text[:200]}")
+    to_deny = sum(1 for c in changes if c.before == "allow")
+    print(f"{decided} recorded statements decided again under {args.policy_file}: "
+          f"{len(changes)} would change ({to_deny} allowed -> refused, {len(changes) - to_deny} refused -> other). "
+          "Decided without the target's catalog: rules that depend on what a name is there (functions, views) "
+          "may decide differently live.")
+    return 1 if changes else 0

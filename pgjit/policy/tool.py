@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -391,6 +392,21 @@ def build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p_test.add_argument("paths", nargs="+", metavar="PATH", help="policy file, tests file or directory")
     p_test.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
+
+    p_replay = sub.add_parser(
+        "replay",
+        help="decide recorded statements again under a candidate policy and print what would change",
+        description="Read the statements the audit trail recorded and decide each again under a "
+        "candidate policy, as the person's groups at the time: print every decision that would "
+        "change (allowed -> denied and back). Exit 0 nothing changes, 1 something does, 2 error.",
+    )
+    # Run by pgjit.cli through pgjit.audit.tool: the decisions layer does not read the store.
+    p_replay.add_argument("--url", default=os.environ.get("PGJIT_STORE__URL"),
+                          help="the audit store's URL (default: $PGJIT_STORE__URL)")
+    p_replay.add_argument("--policy", "-p", dest="policy_file", required=True, metavar="NEW.yaml",
+                          help="the candidate policy to decide the recorded statements with")
+    p_replay.add_argument("--since", metavar="TIME", help="only statements at or after this UTC time (ISO 8601)")
+    p_replay.add_argument("--target", help="only statements on this target")
     return policy
 
 

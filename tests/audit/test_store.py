@@ -5,7 +5,6 @@ a store outage with nothing lost."""
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -18,24 +17,7 @@ from pgjit.audit import store as st
 from pgjit.audit.chain import verify
 from pgjit.audit.writer import AuditUnavailable, Writer
 
-KEY = b"audit-test-key-" + b"x" * 17
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return st.sqlite_url(tmp_path / "data" / "audit.db")
-    pg = request.getfixturevalue("pg")
-    db = "audit_" + secrets.token_hex(4)
-    pg.psql(f"create database {db}")
-    return pg.url(dbname=db)
-
-
-@pytest.fixture
-def key_file(tmp_path) -> Path:
-    p = tmp_path / "audit.key"
-    p.write_bytes(KEY)
-    return p
+from tests.audit.conftest import KEY
 
 
 def _statement(i: int, **over) -> dict:
