@@ -246,9 +246,19 @@ def _cmd_serve(args) -> int:
 
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.file)
+    writer = None
+    if cfg.audit is not None:
+        from pgjit.audit.store import StoreError
+        from pgjit.gateway.server import open_audit
+
+        try:
+            writer = open_audit(cfg)
+        except StoreError as e:
+            print(f"pgjit: {e}", file=sys.stderr)
+            return 1
 
     async def main() -> None:
-        gateway = Gateway(cfg)
+        gateway = Gateway(cfg, writer=writer)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, gateway, nursery.cancel_scope)
             await gateway.serve()

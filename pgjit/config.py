@@ -122,6 +122,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where audit records (and later approvals) live: an SQLAlchemy URL."""
+
+    url: str  # sqlite:///… (default: <data_dir>/audit.db) or postgresql://…
+    data_dir: str
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    checkpoint_key: bytes = field(repr=False, default=b"")
+    checkpoint_key_file: str | None = None
+    on_store_failure: str = "fail_closed"  # fail_closed | fail_open
+    redact_literals: bool = False
+    buffer: int = 100_000  # records queued in memory while the store cannot be written
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The HTTP API (/metrics, /healthz, /readyz). Loopback unless told otherwise."""
 
@@ -195,6 +214,8 @@ class Config:
     targets: Mapping[str, TargetConfig]
     oidc: OIDCSettings | None = None
     api: ApiConfig | None = None  # no API unless the section is there
+    store: StoreConfig | None = None
+    audit: AuditConfig | None = None  # no audit trail unless the section is there
     #: Settings that came from the environment: dotted key -> variable name
     #: (names only; values may be secrets).
     env_overrides: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -416,13 +437,11 @@ def _nonnegative_float(v: Any) -> float:
 # Loading
 # --------------------------------------------------------------------------
 
-TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "api"}
+TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "api", "store", "audit"}
 
 #: Sections of the target design that this version does not implement yet.
 #: They are refused rather than ignored: whoever writes one believes it works.
-NOT_IMPLEMENTED = {
-    "store": "the audit and approval store",
-}
+NOT_IMPLEMENTED: dict[str, str] = {}
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -566,6 +585,8 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
             probe_interval=_get(ctx, ap, ("api",), "probe_interval", _positive_float, 5.0),
         )
 
+    store, audit = _store_and_audit(ctx, data, base)
+
     return Config(
         source=fname,
         listen=listen,
@@ -577,5 +598,48 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         targets=targets,
         oidc=oidc,
         api=api,
+        store=store,
+        audit=audit,
         env_overrides={".".join(p): v for p, v in sorted(env.items()) if v[len(ENV_PREFIX) :].lower().split("__") == list(p)},
     )
+
+
+def _store_and_audit(ctx: _Ctx, data: Mapping[str, Any], base: Path) -> tuple[StoreConfig | None, AuditConfig | None]:
+    if "audit" not in data:
+        if "store" in data:
+            raise ctx.error(("store",), "a store without an audit section: add audit (with checkpoint_key_file) or remove store")
+        return None, None
+    st = _section(ctx, data.get("store"), ("store",), {"url", "data_dir"})
+    data_dir = _get(ctx, st, ("store",), "data_dir", _str, str(base / "pgjit-data"))
+    data_dir = str((base / data_dir) if not Path(data_dir).is_absolute() else Path(data_dir))
+    url = _get(ctx, st, ("store",), "url", _str, f"sqlite:///{Path(data_dir) / 'audit.db'}")
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise ctx.error(("store", "url"), "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+    au = _section(ctx, data.get("audit"), ("audit",), {
+        "checkpoint_key", "checkpoint_key_file", "on_store_failure", "redact_literals", "buffer",
+        "checkpoint_every", "checkpoint_seconds"})
+    key_text = _get(ctx, au, ("audit",), "checkpoint_key", _str, None)
+    key_file = _get(ctx, au, ("audit",), "checkpoint_key_file", _file(base), None)
+    if key_text is None and key_file is None:
+        raise ctx.error(("audit", "checkpoint_key_file"),
+                        "required: the key that signs the audit trail's checkpoints (at least 16 bytes; "
+                        "e.g. head -c 32 /dev/urandom | base64 > audit.key), or checkpoint_key / PGJIT_AUDIT__CHECKPOINT_KEY")
+    if key_text is not None:
+        key = key_text.strip().encode()
+    else:
+        try:
+            key = Path(key_file).read_bytes().strip()
+        except OSError as e:
+            raise ctx.error(("audit", "checkpoint_key_file"), f"cannot read {key_file!r}: {e.strerror}") from None
+    if len(key) < 16:
+        raise ctx.error(("audit", "checkpoint_key_file" if key_text is None else "checkpoint_key"), "must be at least 16 bytes")
+    audit = AuditConfig(
+        checkpoint_key=key,
+        checkpoint_key_file=key_file,
+        on_store_failure=_get(ctx, au, ("audit",), "on_store_failure", _choice("fail_closed", "fail_open"), "fail_closed"),
+        redact_literals=_get(ctx, au, ("audit",), "redact_literals", _bool, False),
+        buffer=_get(ctx, au, ("audit",), "buffer", _int_range(100, 10_000_000), 100_000),
+        checkpoint_every=_get(ctx, au, ("audit",), "checkpoint_every", _int_range(1, 1_000_000), 1000),
+        checkpoint_seconds=_get(ctx, au, ("audit",), "checkpoint_seconds", _positive_float, 10.0),
+    )
+    return StoreConfig(url=url, data_dir=data_dir), audit

@@ -98,3 +98,9 @@ class SyntaxErrorSQL(PgjitError):
     """A statement pgjit cannot parse (42601); it is never forwarded."""
 
     sqlstate = "42601"
+
+
+class AuditUnavailableError(PgjitError):
+    """A statement that cannot be recorded does not run (audit.on_store_failure: fail_closed)."""
+
+    sqlstate = "58000"

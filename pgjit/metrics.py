@@ -48,6 +48,14 @@ STATEMENTS_DENIED = Counter(
 )
 
 
+AUDIT_UNRECORDED = Counter(
+    "pgjit_audit_unrecorded_total",
+    "Statements whose record could not be queued: refused (fail_closed) or run unrecorded (fail_open)",
+    ["policy"],
+)
+AUDIT_STORE_ERRORS = Counter("pgjit_audit_store_errors_total", "Failed writes to the audit store (each retried)")
+
+
 class FastHistogram(Collector):
     """A histogram without labels for the hot path: ``observe`` is a
     bisect and two additions. Only for code on the gateway's one event-loop
@@ -105,6 +113,9 @@ class _GatewayState(Collector):
         for target, ok in sorted(state["upstream_up"].items()):  # type: ignore[union-attr]
             up.add_metric([target], 1 if ok else 0)
         yield up
+        if "audit_queue" in state:
+            yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store",
+                                    value=state["audit_queue"])
         yield GaugeMetricFamily("pgjit_buffered_bytes", "Bytes held in incomplete client messages, all sessions (limits.max_buffered)",
                                 value=state["buffered"])
 

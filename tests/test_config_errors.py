@@ -80,32 +80,34 @@ def test_jwks_file_that_is_a_directory_is_refused(tmp_path):
 # ---------------------------------------------------------------- store / api
 
 
-@pytest.mark.parametrize("section", ["store"])
-def test_unimplemented_section_is_refused_with_its_line(section):
-    text = TARGETS + f"{section}:\n  url: sqlite:///x.db\n"
-    msg = refuse(text)
-    assert msg.startswith(f"pgjit.yaml:3: {section}: ")
-    assert "not implemented in this version" in msg and "remove it" in msg
+def test_a_store_without_audit_is_refused_with_its_line():
+    msg = refuse(TARGETS + "store:\n  url: sqlite:///x.db\n")
+    assert msg.startswith("pgjit.yaml:3: store: ") and "add audit" in msg
 
 
-@pytest.mark.parametrize("value", ["{}", "", "[]"])
-def test_unimplemented_section_is_refused_even_empty(value):
-    msg = refuse(f"store: {value}\n" + TARGETS)
-    assert msg.startswith("pgjit.yaml:1: store: ") and "not implemented" in msg
+def test_audit_needs_a_checkpoint_key():
+    msg = refuse(TARGETS + "audit: {}\n")
+    assert msg.startswith("pgjit.yaml:3: audit.checkpoint_key_file: required")
 
 
-def test_unimplemented_section_from_environment_names_the_variable():
+def test_audit_key_must_be_long_enough_and_store_url_a_known_kind():
+    assert "at least 16 bytes" in refuse(TARGETS + "audit:\n  checkpoint_key: short\n")
+    msg = refuse(TARGETS + "audit:\n  checkpoint_key: 0123456789abcdef0123\nstore:\n  url: mysql://x\n")
+    assert msg.startswith("pgjit.yaml:6: store.url: ")
+    assert "fail_closed" in refuse(TARGETS + "audit:\n  checkpoint_key: 0123456789abcdef0123\n  on_store_failure: maybe\n")
+
+
+def test_audit_defaults_to_sqlite_in_the_data_directory(tmp_path):
+    from pgjit.config import parse_config
+
+    cfg = parse_config(TARGETS + "audit:\n  checkpoint_key: 0123456789abcdef0123\n", "pgjit.yaml", base=tmp_path)
+    assert cfg.store.url == f"sqlite:///{tmp_path / 'pgjit-data' / 'audit.db'}"
+    assert cfg.audit.on_store_failure == "fail_closed" and not cfg.audit.redact_literals
+
+
+def test_store_from_environment_without_audit_names_the_variable():
     msg = refuse(TARGETS, environ={"PGJIT_STORE__URL": "postgresql://x"})
-    assert msg.startswith("PGJIT_STORE__URL: store: ") and "not implemented" in msg
-
-
-def test_nothing_shipped_uses_store_or_api():
-    # The sections were accepted before; nothing the repository ships may rely on them.
-    repo = Path(__file__).resolve().parent.parent
-    for path in [*repo.glob("*.yaml"), *(repo / "k8s").rglob("*.y*ml"), *(repo / "deploy").rglob("*.y*ml"),
-                 *(repo / "policies").rglob("*.yaml")]:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        assert not any(line.startswith(("store:", "api:")) for line in text.splitlines()), path
+    assert msg.startswith("PGJIT_STORE__URL: store: ") and "add audit" in msg
 
 
 # ---------------------------------------------------------------- environment

@@ -71,6 +71,7 @@ class Writer:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._inflight: list[dict[str, Any]] = []
+        self.on_error: Callable[[], None] | None = None  # called (in the writer's thread) on each failed write
 
     @property
     def chain(self) -> str:
@@ -86,11 +87,12 @@ class Writer:
         self._thread.start()
         return self
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: dict[str, Any], *, force: bool = False) -> None:
         """Queue one record (a dict with kind, session_id, person, target,
         decision, body; ``at`` is filled in when absent). Raises
-        AuditUnavailable when the buffer is full."""
-        if len(self._queue) >= self.capacity:
+        AuditUnavailable when the buffer is full, unless ``force`` (the
+        outcome of something that already happened: it must not be lost)."""
+        if not force and len(self._queue) >= self.capacity:
             raise AuditUnavailable(
                 f"the audit store cannot be written ({self.last_error or 'writes are behind'}) "
                 f"and {self.capacity} records are waiting"
@@ -143,6 +145,8 @@ class Writer:
                 self.store.append(self._inflight)
             except Exception as e:  # the store is down: keep the batch, retry
                 self.store_errors += 1
+                if self.on_error is not None:
+                    self.on_error()
                 self.failing = True
                 self.last_error = _short(e)
                 if self.store_errors == 1 or self.store_errors % 50 == 0:

@@ -124,7 +124,9 @@ class Channel:
         # one (Reactor._buf), and nothing keeps a view of it past handling
         # that read (Relay.from_server keeps none; _keep copies).
         self.core = None
-        if reactor.use_core:
+        # With an audit trail every statement and its answer is looked at in
+        # Python: the C core (which relays whole frames unseen) is not used.
+        if reactor.use_core and relay.recorder is None:
             watch, count_only, max_size, backend_max = relay.relay_profile()
             gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),

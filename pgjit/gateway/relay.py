@@ -47,6 +47,7 @@ from pgjit.policy.gate import Gate, statement_fingerprint
 from pgjit.policy.model import prepared_facts
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
+from pgjit.gateway.statements import Statement, StatementQueue
 
 log = logging.getLogger("pgjit.gateway.relay")
 
@@ -84,6 +85,12 @@ _FRONTEND_WATCH = _COUNT_ONLY | frozenset((F_FUNCTION_CALL, F_TERMINATE)) | (
 # Statement kinds that change the session's prepared statements.
 _PREPARED_KINDS = frozenset(("prepare", "deallocate", "discard"))
 _FRONTEND_WATCH_GATED = _FRONTEND_WATCH | frozenset((F_PARSE,))
+F_BIND, F_DESCRIBE, F_CLOSE = b"B"[0], b"D"[0], b"C"[0]
+# With an audit trail, every client message the server answers is watched, and
+# every backend message that answers one (pgjit.gateway.statements).
+_AUDIT_FRONTEND = frozenset((F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE, F_EXECUTE, F_SYNC))
+_AUDIT_BACKEND = frozenset(b"123nTCIsGHWEZ")
+_BODY_NEEDED = frozenset(b"CE")  # the command tag, the SQLSTATE
 # ParameterStatus: a report of a lexer setting may end the session (lexstate).
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR, B_PARAMETER_STATUS, B_COPY_IN))
 
@@ -160,6 +167,13 @@ class CatalogRefresh(Protocol):
     def request_refresh(self) -> None: ...
 
 
+class Recorder(Protocol):
+    """Where a session's statements are recorded (pgjit.gateway.recording)."""
+
+    def statement(self, st: Statement) -> None: ...  # raises when it cannot be queued
+    def result(self, st: Statement) -> None: ...
+
+
 class Relay:
     """One session's relay state: what is carried over between reads, the
     ReadyForQuery accounting, COPY FROM STDIN, the prepared statements the
@@ -176,6 +190,7 @@ class Relay:
         gate: Gate | None = None,
         groups: frozenset[str] = frozenset(),
         catalog: CatalogRefresh | None = None,
+        recorder: "Recorder | None" = None,
     ) -> None:
         self.limits = limits
         self.budget = budget
@@ -216,6 +231,17 @@ class Relay:
         # Functions and operators this session created, which the target's
         # catalog snapshot may not show yet (or, inside its transaction, ever).
         self.overlay: dict[str, object] = {}
+        # With an audit trail: the statements in flight (pgjit.gateway.statements)
+        # and where their records go. Every message the server answers is
+        # watched, both ways, and the C core is not used (pgjit.gateway.reactor).
+        self.recorder = recorder
+        self.queue: StatementQueue | None = None
+        self._s_watch = _BACKEND_WATCH
+        self.last_refusal: tuple[str, str] = ("deny", "default")
+        if recorder is not None:
+            self.queue = StatementQueue()
+            self._c_watch = self._c_watch | _AUDIT_FRONTEND
+            self._s_watch = _BACKEND_WATCH | _AUDIT_BACKEND
 
     @property
     def idle(self) -> bool:
@@ -245,7 +271,11 @@ class Relay:
         if not end:
             return None, False
         stop = False
-        if frames:
+        if frames and self.queue is not None:
+            rebuilt, stop = self._frontend_frames(data, frames, end)
+            if rebuilt is not None:
+                return rebuilt, stop
+        elif frames:
             simple = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
             for tag, _, _ in frames:
                 if tag not in simple:
@@ -315,11 +345,15 @@ class Relay:
             pending += data
             data = pending
         n = len(data)
-        frames, end = scan_watched(data, 0, n, MAX_BACKEND_MESSAGE, _BACKEND_WATCH)
+        frames, end = scan_watched(data, 0, n, MAX_BACKEND_MESSAGE, self._s_watch)
         if frames:
             rewrite = False
             ctr = self.ctr
+            queue = self.queue
             for i, (tag, start, stop) in enumerate(frames):
+                if queue is not None:
+                    for st in queue.server(tag, data[start + 5 : stop] if tag in _BODY_NEEDED else b""):
+                        self.recorder.result(st)  # type: ignore[union-attr]
                 if tag == B_READY:
                     if stop - start != 6:
                         raise ProtocolViolation("malformed ReadyForQuery message from the server")
@@ -395,10 +429,18 @@ class Relay:
         stop after sending)."""
         out: list[bytes] = []
         seg = 0
+        queue = self.queue
         for tag, start, stop in frames:
             if tag in _COUNT_ONLY:
                 self._count(tag)
-                if tag != F_QUERY or self.gate is None:
+                if queue is not None and tag != F_QUERY:
+                    replacement = self._track(tag, buf, start, stop)
+                    if replacement is not None:
+                        out.append(bytes(buf[seg:start]))
+                        out.append(replacement)
+                        seg = stop
+                    continue
+                if tag != F_QUERY or (self.gate is None and queue is None):
                     continue
             if tag not in _FRONTEND_KNOWN:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
@@ -411,24 +453,40 @@ class Relay:
                 return b"".join(out), True
             replacement: bytes | None = None
             if tag == F_QUERY:
-                if self.gate is not None:
-                    error = self.gate_statement(bytes(buf[start + 5 : stop - 1]), None)
-                    if error is not None:
-                        replacement = self._refuse(error)
+                text = bytes(buf[start + 5 : stop - 1])
+                error = self.gate_statement(text, None) if self.gate is not None else None
+                if error is not None:
+                    replacement = self._refuse(error)
+                    if queue is not None:
+                        self._record(queue.query(text, size=stop - start, decision=self.last_refusal[0],
+                                                 rule=self.last_refusal[1], sqlstate=error.sqlstate), refused=True)
+                elif queue is not None:
+                    st = queue.query(text, size=stop - start)
+                    if not self._record(st):
+                        replacement = self._refuse(self._unrecorded(st))
             elif tag == F_PARSE:
                 name, query = _parse_name_and_query(buf, start + 5, stop)
-                error = self.gate_statement(query, name)
+                error = self.gate_statement(query, name) if self.gate is not None else None
                 if error is not None:
                     replacement = self._refuse(error, sync=False)
+                    if queue is not None:
+                        self._record(queue.refused_parse(name, query, size=stop - start, rule=self.last_refusal[1],
+                                                         sqlstate=error.sqlstate), refused=True)
+                elif queue is not None:
+                    queue.parse(name, query)
             elif tag == F_FUNCTION_CALL:
                 self.ctr.rfq_sent += 1
                 self._log_refusal("pgjit:function-call", "deny", "function-call", stop - start)
-                replacement = self._refuse(
-                    FeatureNotSupported(
-                        "the FunctionCall protocol message is not allowed through pgjit",
-                        hint="call the function with a SQL statement, so that it can be checked",
-                    )
+                error = FeatureNotSupported(
+                    "the FunctionCall protocol message is not allowed through pgjit",
+                    hint="call the function with a SQL statement, so that it can be checked",
                 )
+                replacement = self._refuse(error)
+                if queue is not None:
+                    self._record(queue.query(b"<FunctionCall>", size=stop - start, decision="deny",
+                                             rule="pgjit:function-call", sqlstate=error.sqlstate), refused=True)
+            elif queue is not None:
+                replacement = self._track(tag, buf, start, stop)
             if replacement is not None:
                 out.append(bytes(buf[seg:start]))
                 out.append(replacement)
@@ -437,6 +495,60 @@ class Relay:
             return None, False  # nothing replaced: forward the bytes as they came
         out.append(bytes(buf[seg:end]))
         return b"".join(out), False
+
+    # ----------------------------------------------------------- audit
+
+    def _track(self, tag: int, buf, start: int, stop: int) -> bytes | None:  # type: ignore[no-untyped-def]
+        """Tell the statement queue about a client message the server will
+        answer (audit on). Returns a stand-in when an Execute cannot be
+        recorded: it then does not go upstream."""
+        queue = self.queue
+        assert queue is not None
+        if tag == F_EXECUTE:
+            st = queue.execute(_cstr_at(buf, start + 5, stop), size=stop - start)
+            if not self._record(st):
+                return self._refuse(self._unrecorded(st), sync=False)
+        elif tag == F_SYNC:
+            queue.sync()
+        elif tag == F_BIND:
+            portal_end = _find0(buf, start + 5, stop)
+            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, portal_end + 1, stop))
+        elif tag == F_DESCRIBE:
+            queue.describe()
+        elif tag == F_CLOSE:
+            queue.close()
+        return None
+
+    def _record(self, st: Statement, *, refused: bool = False) -> bool:
+        """Queue the statement's record before it goes upstream; False when
+        the audit trail cannot take it (the store is down and the buffer is
+        full): the statement must not run."""
+        assert self.recorder is not None
+        try:
+            self.recorder.statement(st)
+        except Exception as e:  # AuditUnavailable, or anything else: fail closed
+            if refused:
+                return True  # refused anyway; nothing runs
+            self._audit_error = str(e)
+            st.outcome, st.decision = "refused", "unrecorded"
+            return False
+        return True
+
+    def _unrecorded(self, st: Statement) -> PgjitError:
+        from pgjit.errors import AuditUnavailableError
+
+        log.warning("statement refused: audit trail unavailable", extra={"session": self.session_id, "error": getattr(self, "_audit_error", "")})
+        return AuditUnavailableError(
+            "pgjit cannot record this statement, so it did not run: the audit store is unreachable and its buffer is full",
+            detail=getattr(self, "_audit_error", None),
+            hint="retry when the audit store is back (audit.on_store_failure: fail_closed)",
+        )
+
+    def finish_audit(self) -> None:
+        """The session ended: what is still in flight is recorded as unanswered."""
+        if self.queue is not None and self.recorder is not None:
+            for st in self.queue.abandon():
+                self.recorder.result(st)
 
     def _count(self, tag: int) -> None:
         """Keep count of the ReadyForQuery replies the server owes us.
@@ -468,6 +580,8 @@ class Relay:
                 # the Syncs since its Execute fell into it.
                 self._copy_ins -= 1
                 ctr.rfq_sent -= syncs
+                if self.queue is not None:
+                    self.queue.swallow_syncs(syncs)
             else:
                 # Not known yet (the client did not wait for CopyInResponse),
                 # or no COPY at all (the server ignores a stray CopyDone): the
@@ -482,7 +596,10 @@ class Relay:
         ends = self._copy_ends
         if ends and self.ctr.rfq_received == ends[0][0]:
             # The CopyDone already seen ends this copy: its Syncs were swallowed.
-            self.ctr.rfq_sent -= ends.popleft()[1]
+            swallowed = ends.popleft()[1]
+            self.ctr.rfq_sent -= swallowed
+            if self.queue is not None:
+                self.queue.swallow_syncs(swallowed)
         else:
             self._copy_ins += 1
 
@@ -525,12 +642,14 @@ class Relay:
             finally:
                 _GATE_SECONDS.observe(_clock() - started)
         except UnicodeDecodeError:
+            self.last_refusal = ("deny", "pgjit:not-utf8")
             self._log_refusal("pgjit:not-utf8", "deny", "not-utf8", len(raw))
             return FeatureNotSupported(
                 "pgjit could not read the statement: it is not valid UTF-8",
                 hint="use client_encoding UTF8",
             )
         except ParseFailure as e:
+            self.last_refusal = ("deny", "pgjit:unparsable")
             self._log_refusal("pgjit:unparsable", "deny", "unparsable", len(raw), position=e.cursorpos)
             return SyntaxErrorSQL(
                 f"pgjit could not parse the statement: {e.message}",
@@ -546,6 +665,7 @@ class Relay:
                 self._track_prepared(analysis, parse_name)
             return None
         rule = decision.rule or "default"
+        self.last_refusal = ("approval" if decision.needs_approval else "deny", rule)
         if decision.message and "catalog yet" in decision.message:
             if self.catalog is not None:
                 self.catalog.request_refresh()  # a name created since the last snapshot
@@ -689,3 +809,14 @@ def _carry(data: bytes | bytearray, end: int, pending: bytearray | None) -> byte
     if end == 0 and data is pending:
         return pending
     return bytearray(memoryview(data)[end:])
+
+
+def _find0(buf, pos: int, stop: int) -> int:  # type: ignore[no-untyped-def]
+    end = buf.find(b"\x00", pos, stop) if not isinstance(buf, memoryview) else bytes(buf[pos:stop]).find(b"\x00") + pos
+    if end < pos:
+        raise ProtocolViolation("malformed message: a name is not terminated")
+    return end
+
+
+def _cstr_at(buf, pos: int, stop: int) -> str:  # type: ignore[no-untyped-def]
+    return bytes(buf[pos : _find0(buf, pos, stop)]).decode("utf-8", "surrogateescape")

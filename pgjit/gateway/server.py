@@ -10,6 +10,7 @@ bound addresses through ``task_status.started()``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import logging
 import secrets
@@ -40,9 +41,46 @@ log = logging.getLogger("pgjit.gateway.server")
 _EXCESS_ALLOWANCE = 64
 
 
+def open_audit(config: Config):  # type: ignore[no-untyped-def]
+    """The audit writer for ``config`` (audit section present), started.
+    An SQLite store (this gateway's own file) is created or migrated here; a
+    PostgreSQL one must be current already (``pgjit store upgrade``: a
+    migration of a shared store is an operator's step). Raises
+    pgjit.audit.store.StoreError when the store cannot be used."""
+    from pgjit.audit.store import Store, upgrade
+    from pgjit.audit.writer import Writer
+
+    assert config.store is not None and config.audit is not None
+    url = config.store.url
+    if url.startswith("sqlite:"):
+        upgrade(url)
+    store = Store(url)
+    a = config.audit
+    writer = Writer(store, a.checkpoint_key, capacity=a.buffer, checkpoint_every=a.checkpoint_every,
+                    checkpoint_seconds=a.checkpoint_seconds)
+    writer.on_error = metrics.AUDIT_STORE_ERRORS.inc
+    return writer.start()
+
+
+def policy_hashes(config: Config) -> dict[str, str]:
+    out = {}
+    for t in config.targets.values():
+        if t.policy_path:
+            try:
+                out[t.name] = hashlib.sha256(open(t.policy_path, "rb").read()).hexdigest()
+            except OSError:
+                out[t.name] = "unreadable"
+    return out
+
+
 class Gateway:
-    def __init__(self, config: Config, authenticator: ClientAuthenticator | None = None) -> None:
+    def __init__(self, config: Config, authenticator: ClientAuthenticator | None = None, *, writer=None) -> None:  # type: ignore[no-untyped-def]
         self.config = config
+        # The audit trail's writer (pgjit.audit.writer), when the config has an audit section.
+        self.writer = writer
+        if writer is None and config.audit is not None:
+            self.writer = open_audit(config)
+        self.policy_hashes = policy_hashes(config)
         self.verifier = None
         self.brokers: dict[str, JitBroker] = {}
         self.expiry_grace = 0.0
@@ -183,6 +221,14 @@ class Gateway:
         cfg = self.config.listen
         listeners = await self._bind(cfg.host, cfg.port, cfg.reuse_port, cfg.backlog)
         self.addresses = [s.getsockname()[:2] for s in listeners]
+        if self.writer is not None:
+            from pgjit.audit import records
+
+            try:
+                raw = open(self.config.source, "rb").read()
+            except OSError:
+                raw = b""  # a config given as text (tests)
+            self.writer.submit(records.config_load(hashlib.sha256(raw).hexdigest(), self.policy_hashes), force=True)
         async with trio.open_nursery() as background:
             # Housekeeping lives apart from sessions: it outlasts the drain,
             # so sessions ending during shutdown can still revoke their roles.
@@ -219,6 +265,12 @@ class Gateway:
         for broker in self.brokers.values():
             with trio.CancelScope(shield=True):
                 await broker.aclose()
+        if self.writer is not None:
+            with trio.CancelScope(shield=True):
+                written = await trio.to_thread.run_sync(self.writer.close, 30.0)
+            if not written:
+                log.error("audit records could not all be written", extra={"queued": self.writer.depth,
+                                                                         "error": self.writer.last_error})
         log.info("stopped")
 
     # ------------------------------------------------------ health, metrics
@@ -233,6 +285,7 @@ class Gateway:
             "jit_roles": {name: len(b.live) for name, b in self.brokers.items()},
             "upstream_up": {name: bool(up) for name, up in self.upstream_up.items()},
             "buffered": self.buffered,
+            **({"audit_queue": self.writer.depth} if self.writer is not None else {}),
         }
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
@@ -245,6 +298,9 @@ class Gateway:
             checks["listening"] = (bool(self.addresses), ",".join(f"{h}:{p}" for h, p in self.addresses) or "not yet")
         for name, up in self.upstream_up.items():
             checks[f"upstream:{name}"] = (bool(up), self.upstream_detail[name])
+        if self.writer is not None:
+            w = self.writer
+            checks["store"] = (not w.failing, f"{w.depth} records queued" + (f"; writes failing: {w.last_error}" if w.failing else ""))
         for name, keeper in self.catalogs.items():
             loaded = keeper.loaded.is_set()
             checks[f"catalog:{name}"] = (loaded, "loaded" if loaded else (keeper.last_error or "loading"))

@@ -31,6 +31,7 @@ from pgjit.errors import (
 )
 from pgjit.gateway.clientauth import Principal
 from pgjit.gateway.lexstate import lexer_state_problem
+from pgjit.gateway.recording import SessionRecorder
 from pgjit.gateway.relay import MAX_BACKEND_MESSAGE, Relay, lexer_error
 from pgjit.gateway.transport import SocketTransport, Transport, TransportClosed, start_tls
 from pgjit.gateway.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
@@ -159,6 +160,7 @@ class Session:
             with trio.CancelScope(shield=True):
                 await self._close()
             self.gateway.forget_session(self)
+            self._record_end()
             metrics.SESSIONS_TOTAL.labels(self.database or "-", self.end_reason).inc()
             log.info(
                 "session closed",
@@ -191,8 +193,16 @@ class Session:
         if gate is not None:
             await self._wait_for_catalog(db)
         self.groups = frozenset(self.principal.groups)
+        recorder = None
+        writer = self.gateway.writer
+        if writer is not None:
+            audit = self.config.audit
+            recorder = SessionRecorder(writer, session_id=self.id, person=self._person, target=db,
+                                       policy_hash=self.gateway.policy_hashes.get(db), redact_literals=audit.redact_literals,
+                                       fail_open=audit.on_store_failure == "fail_open")
         self.relay = Relay(self.config.limits, self.gateway, session_id=self.id, user=self.principal.user,
-                           database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db))
+                           database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db),
+                           recorder=recorder)
         self.relay.arm_drain = self._arm_drain
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
         if gate is not None:
@@ -234,8 +244,71 @@ class Session:
             m.ReadyForQuery(up.transaction_status),
         )
         metrics.CONNECT_SECONDS.observe(time.monotonic() - connect_started)
+        self._record_start(params)
         self.phase = Phase.RELAY
         await self._relay()
+
+    # ----------------------------------------------------------------- audit
+
+    @property
+    def _person(self) -> str | None:
+        p = self.principal
+        return None if p is None else (p.subject or p.user)
+
+    def _record_start(self, params: dict[str, str]) -> None:
+        """The session's first record, before any statement of it runs. When
+        it cannot be queued (store down, buffer full) the session is refused
+        under fail_closed."""
+        writer = self.gateway.writer
+        if writer is None or self.principal is None:
+            return
+        from pgjit.audit import records
+        from pgjit.audit.writer import AuditUnavailable
+
+        tls = None
+        stream = getattr(self.client, "stream", None)
+        if self.client.tls and stream is not None:
+            try:
+                tls = stream.version()
+            except Exception:
+                tls = "TLS"
+        peer = self.peer
+        user = self.principal.user
+        try:
+            writer.submit(records.session_start(
+                self.id, person=self._person or user, email=user if "@" in user else None, groups=self.groups,
+                target=self.database or "", client_addr=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer),
+                tls=tls, application_name=params.get("application_name"),
+                jit_role=self.jit_role.name if self.jit_role is not None else None))
+            self._recorded_start = True
+        except AuditUnavailable as e:
+            if self.config.audit.on_store_failure == "fail_open":
+                log.warning("session starts unrecorded (audit.on_store_failure: fail_open)")
+                return
+            from pgjit.errors import AuditUnavailableError
+
+            raise AuditUnavailableError(
+                "pgjit cannot record this session, so it does not start: the audit store is unreachable and its buffer is full",
+                detail=str(e), hint="try again when the audit store is back", severity="FATAL") from None
+
+    def _record_end(self) -> None:
+        writer = self.gateway.writer
+        if writer is None or not getattr(self, "_recorded_start", False):
+            return
+        from pgjit.audit import records
+
+        self.relay.finish_audit()
+        writer.submit(records.session_end(self.id, person=self._person, target=self.database, reason=self.end_reason,
+                                          seconds=time.monotonic() - self.started), force=True)
+
+    def _record_role(self, event: str) -> None:
+        writer = self.gateway.writer
+        if writer is None or self.jit_role is None:
+            return
+        from pgjit.audit import records
+
+        writer.submit(records.jit_role(event, self.jit_role.name, session_id=self.id, person=self._person,
+                                       target=self.database or ""), force=True)
 
     def _check_lexer_settings(self, parameters: dict[str, str]) -> None:
         """Refuse the session when the server's greeting already reports a
@@ -311,6 +384,7 @@ class Session:
                 principal.user, self.id, grant.grant, valid_until, grant.settings, owner=grant.owner
             )
         self.jit_role, self.broker = role, broker
+        self._record_role("created")
         log.info(
             "jit role created",
             extra={"role": role.name, "valid_until": _utc(valid_until), "grants": ",".join(grant.grant), "owner": grant.owner or ""},
@@ -541,7 +615,8 @@ class Session:
             # Drop the role whatever happened; the broker retries and leaves
             # it NOLOGIN for the sweeper if it cannot.
             with trio.move_on_after(30):
-                await self.broker.revoke_role(self.jit_role.name)
+                revoked = await self.broker.revoke_role(self.jit_role.name)
+            self._record_role("revoked" if revoked else "revoke_failed")
 
 
 

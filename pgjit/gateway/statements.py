@@ -31,12 +31,10 @@ the entry at its head:
 Nothing here does I/O or parses more than the few fields it needs; it is
 fed frames by the relay.
 
-Not wired into the relay yet (issue 11): the relay still keeps its own
-ReadyForQuery accounting (``Relay._count``), including the Syncs a COPY FROM
-STDIN swallows (a client may send Execute, Sync, CopyData…, CopyDone, Sync and
-get one ReadyForQuery). When this queue replaces it, that rule moves here:
-the Syncs between an Execute and the CopyDone that ends its COPY leave the
-queue when the server shows (CopyInResponse) that they fell into it.
+The relay keeps its own ReadyForQuery counters as well (``Relay._count``;
+the C core has the same ones), which decide the Syncs a COPY FROM STDIN
+swallows (a client may send Execute, Sync, CopyData…, CopyDone, Sync and get
+one ReadyForQuery); it tells the queue (``swallow_syncs``).
 """
 
 from __future__ import annotations
@@ -152,6 +150,24 @@ class StatementQueue:
 
     def sync(self) -> None:
         self._q.append((S, None))
+
+    def swallow_syncs(self, n: int) -> None:
+        """``n`` Syncs the client sent during a COPY FROM STDIN (after its
+        Execute) that the server ignored: no ReadyForQuery comes for them
+        (the relay's ReadyForQuery accounting decides which, Relay._count)."""
+        if n <= 0:
+            return
+        items = list(self._q)
+        for i, (kind, st) in enumerate(items):
+            if kind == E and st is not None and st.protocol == "copy" and st.outcome == "running":
+                kept = items[: i + 1]
+                for k, s2 in items[i + 1 :]:
+                    if k == S and n:
+                        n -= 1
+                        continue
+                    kept.append((k, s2))
+                self._q = collections.deque(kept)
+                return
 
     # ------------------------------------------------------------ server side
 

@@ -1,0 +1,68 @@
+"""A session's audit records: built from its statements (pgjit.gateway.
+statements) and queued on the gateway's writer (pgjit.audit.writer).
+
+``statement`` is called before a statement goes upstream and raises when
+the record cannot be queued (the store is down and the buffer is full) —
+the relay then refuses the statement (fail_closed), unless the config says
+fail_open, when it runs unrecorded and a warning and a metric say so.
+``result`` is called when the server's answer came back; a statement that
+ran always gets its result queued, over the buffer's bound if need be, so
+nothing that ran loses its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pgjit import metrics
+from pgjit.audit import records
+from pgjit.audit.writer import AuditUnavailable
+from pgjit.gateway.statements import Statement
+
+log = logging.getLogger("pgjit.gateway.recording")
+
+
+class SessionRecorder:
+    def __init__(self, writer: Any, *, session_id: str, person: str | None, target: str | None,
+                 policy_hash: str | None, redact_literals: bool, fail_open: bool) -> None:
+        self.writer = writer
+        self.session_id = session_id
+        self.person = person
+        self.target = target
+        self.policy_hash = policy_hash
+        self.redact_literals = redact_literals
+        self.fail_open = fail_open
+
+    def _text(self, st: Statement) -> tuple[str, str | None]:
+        from pgjit.policy.gate import statement_fingerprint
+
+        text = st.text.decode("utf-8", "replace")
+        fingerprint = statement_fingerprint(st.text) if st.text else None
+        if self.redact_literals and text:
+            from pglast.parser import normalize
+
+            try:
+                text = normalize(text)
+            except Exception:
+                text = f"<not parsable: {len(st.text)} bytes, literals not recorded>"
+        return text, fingerprint
+
+    def statement(self, st: Statement) -> None:
+        text, fingerprint = self._text(st)
+        record = records.statement(
+            self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=st.protocol,
+            decision=st.decision, rule=st.rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
+            size=st.bytes_in)
+        try:
+            self.writer.submit(record)
+        except AuditUnavailable:
+            metrics.AUDIT_UNRECORDED.labels("fail_open" if self.fail_open else "fail_closed").inc()
+            if not self.fail_open:
+                raise
+            log.warning("statement runs unrecorded (audit.on_store_failure: fail_open)", extra={"session": self.session_id})
+
+    def result(self, st: Statement) -> None:
+        self.writer.submit(records.statement_result(
+            self.session_id, person=self.person, target=self.target, seq=st.seq, outcome=st.outcome,
+            rows=st.rows, sqlstate=st.sqlstate, duration=st.duration), force=True)

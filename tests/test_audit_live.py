@@ -1,0 +1,235 @@
+"""The audit trail through a real gateway, PostgreSQL and psycopg: every
+statement of a session (simple, extended, pipelined, COPY, refused ones) is
+recorded in order with the person, decision, rows and SQLSTATE; random
+sessions are compared with their records; a store outage refuses new
+statements (58000) and loses nothing queued; both stores."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pgjit.audit import store as audit_store
+from pgjit.audit.chain import verify
+from tests.gateway_fixtures import start_gateway
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY = REPO / "policies" / "default.yaml"
+KEY = "audit-live-test-key-0123456789"
+
+
+POLICY = "version: 1\nrules:\n  - name: no-drop\n    match: {kind: [drop_*]}\n    action: deny\ndefault: allow\n"
+
+
+def _target(pg, base: Path) -> dict:
+    base.mkdir(parents=True, exist_ok=True)
+    policy = base / "policy.yaml"
+    policy.write_text(POLICY)
+    return {"appdb": {"host": "127.0.0.1", "port": pg.port, "database": "appdb", "user": "app",
+                      "password": "apppass", "policy": str(policy)}}
+
+
+def _records(url: str) -> list[dict]:
+    s = audit_store.Store(url)
+    try:
+        return list(s.records())
+    finally:
+        s.close()
+
+
+def _statements(rows: list[dict], session_id: str) -> list[tuple[dict, dict | None]]:
+    stmts = {r["body"]["seq"]: r for r in rows if r["kind"] == "statement" and r["session_id"] == session_id}
+    results = {r["body"]["seq"]: r for r in rows if r["kind"] == "statement_result" and r["session_id"] == session_id}
+    return [(stmts[k], results.get(k)) for k in sorted(stmts)]
+
+
+def _wait_closed(gw, timeout: float = 10) -> None:
+    """Until every session the gateway started has closed (so that stopping
+    it does not end one with 'shutdown')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = gw.logs()
+        if sum(r.get("msg") == "client authenticated" for r in logs) == sum(r.get("msg") == "session closed" for r in logs
+                                                                          if r.get("reason") != "cancel_request"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("sessions still open")
+
+
+def _session_ids(rows: list[dict]) -> list[str]:
+    return [r["session_id"] for r in rows if r["kind"] == "session_start"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audited(request, pg, tmp_path):
+    if request.param == "sqlite":
+        url = audit_store.sqlite_url(tmp_path / "store" / "audit.db")
+    else:
+        db = "audit_" + secrets.token_hex(4)
+        pg.psql(f"create database {db}")
+        url = pg.url(dbname=db)
+        audit_store.upgrade(url)
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url},
+                       audit={"checkpoint_key": KEY, "checkpoint_every": 7})
+    yield gw, url
+    gw.stop()
+
+
+def test_every_kind_of_statement_is_recorded_in_order(audited):
+    gw, url = audited
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        conn.execute("select 1")
+        conn.execute("select * from customers where id = %s", [1])  # extended protocol
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("drop table customers")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with conn.pipeline():
+            conn.execute("select %s::int", [7])
+            conn.execute("select generate_series(1, 3)")
+        conn.execute("create temp table t (a int)")
+        with conn.cursor().copy("copy t from stdin") as cp:
+            cp.write_row([1])
+            cp.write_row([2])
+        conn.execute("select count(*) from t")
+    _wait_closed(gw)
+    assert gw.stop() == 0
+    rows = _records(url)
+    sid = _session_ids(rows)[-1]
+    got = [(s["decision"], s["body"]["protocol"], s["body"]["text"], r["body"]["outcome"] if r else None,
+            r["body"]["rows"] if r else None, r["body"]["sqlstate"] if r else None) for s, r in _statements(rows, sid)]
+    assert got == [
+        ("allow", "simple", "select 1", "ok", 1, None),
+        ("allow", "extended", "select * from customers where id = $1", "ok", 1, None),
+        ("deny", "simple", "drop table customers", "refused", None, "42501"),
+        ("allow", "simple", "select 1/0", "error", None, "22012"),
+        ("allow", "extended", "select $1::int", "ok", 1, None),
+        ("allow", "extended", "select generate_series(1, 3)", "ok", 3, None),
+        ("allow", "simple", "create temp table t (a int)", "ok", None, None),
+        ("allow", "simple", "copy t from stdin", "ok", 2, None),
+        ("allow", "simple", "select count(*) from t", "ok", 1, None),
+    ]
+    start = next(r for r in rows if r["kind"] == "session_start" and r["session_id"] == sid)
+    assert start["person"] == "alice@example.com" and start["target"] == "appdb"
+    assert start["body"]["client_addr"].startswith("127.0.0.1:")
+    end = next(r for r in rows if r["kind"] == "session_end" and r["session_id"] == sid)
+    assert end["body"]["reason"] == "ok"
+    copy = _statements(rows, sid)[7][0]
+    assert copy["body"]["protocol"] == "simple"  # recorded before the server said it is a COPY
+    assert all(s["body"]["policy_hash"] and len(s["body"]["policy_hash"]) == 64 for s, _ in _statements(rows, sid))
+    assert any(r["kind"] == "config_load" for r in rows)
+    report = verify(rows, KEY.encode())
+    assert report.ok and report.unchecked == 0, report.problems  # the writer closed with a final checkpoint
+    key_file = Path(gw.config_path).parent / "k"
+    key_file.write_text(KEY)
+    out = subprocess.run([sys.executable, "-m", "pgjit", "audit", "verify", "--url", url, "--key-file", str(key_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+SQL = {
+    "select 1": ("allow", "ok", None),
+    "select 1/0": ("allow", "error", "22012"),
+    "drop table customers": ("deny", "refused", "42501"),
+    "select name from customers where id = 2": ("allow", "ok", None),
+    "selec 1": ("deny", "refused", "42601"),
+}
+
+
+@pytest.fixture(scope="module")
+def shared_audited(pg, tmp_path_factory):
+    base = tmp_path_factory.mktemp("audit-h")
+    url = audit_store.sqlite_url(base / "audit.db")
+    gw = start_gateway(base / "gw", pg, targets=_target(pg, base), store={"url": url}, audit={"checkpoint_key": KEY})
+    yield gw, url
+    gw.stop()
+
+
+@settings(max_examples=int(__import__("os").environ.get("PGJIT_AUDIT_EXAMPLES", "20")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(script=st.lists(st.tuples(st.sampled_from(list(SQL)), st.booleans()), min_size=1, max_size=8))
+def test_random_sessions_match_their_records(shared_audited, script):
+    """Each statement sent, by the simple or the extended protocol, is
+    recorded once, in order, with its decision and outcome."""
+    gw, url = shared_audited
+    app = "h" + secrets.token_hex(6)
+    with psycopg.connect(gw.dsn(application_name=app), autocommit=True) as conn:
+        for sql, extended in script:
+            try:
+                if extended:
+                    conn.execute(sql, [], prepare=False) if "%s" not in sql else None
+                else:
+                    conn.execute(psycopg.sql.SQL(sql))  # type: ignore[arg-type]
+            except psycopg.Error:
+                pass
+    deadline = time.monotonic() + 20
+    while True:
+        rows = _records(url)
+        starts = [r for r in rows if r["kind"] == "session_start" and r["body"]["application_name"] == app]
+        if starts and any(r["kind"] == "session_end" and r["session_id"] == starts[0]["session_id"] for r in rows):
+            break
+        assert time.monotonic() < deadline, "the session's records did not reach the store"
+        time.sleep(0.1)
+    got = [(s["body"]["text"], s["decision"], r["body"]["outcome"] if r else None, r["body"]["sqlstate"] if r else None)
+           for s, r in _statements(rows, starts[0]["session_id"])]
+    want = [(sql, *SQL[sql]) for sql, _ in script]
+    assert got == want
+
+
+def test_store_outage_fails_closed_and_loses_nothing(pg, pg_factory, tmp_path):
+    store_pg = pg_factory()
+    url = store_pg.url(dbname="postgres")
+    audit_store.upgrade(url)
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url},
+                       audit={"checkpoint_key": KEY, "buffer": 100})
+    ran: list[int] = []
+    try:
+        with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+            for i in range(5):
+                conn.execute(f"select {i}")
+                ran.append(i)
+            store_pg.stop()
+            refused = None
+            for i in range(5, 400):
+                try:
+                    conn.execute(f"select {i}")
+                    ran.append(i)
+                except psycopg.errors.SystemError as e:
+                    refused = e
+                    break
+            assert refused is not None, "no statement was refused while the store was down"
+            assert "cannot record this statement" in str(refused) and refused.sqlstate == "58000"
+            # The session goes on: refused statements stay refused while the buffer is full...
+            with pytest.raises(psycopg.errors.SystemError):
+                conn.execute("select 'still down'")
+            store_pg.start()
+            deadline = time.monotonic() + 30
+            while True:  # ... and run again once the writer has caught up
+                try:
+                    conn.execute("select 'back'")
+                    ran.append(-1)
+                    break
+                except psycopg.errors.SystemError:
+                    assert time.monotonic() < deadline, "statements still refused after the store came back"
+                    time.sleep(0.2)
+        _wait_closed(gw)
+        assert gw.stop() == 0
+        rows = _records(url)
+        sid = _session_ids(rows)[-1]
+        texts = [s["body"]["text"] for s, r in _statements(rows, sid) if r and r["body"]["outcome"] == "ok"]
+        assert texts == [f"select {i}" for i in ran if i >= 0] + ["select 'back'"]
+        assert verify(rows, KEY.encode()).ok
+        metrics_lines = [r for r in gw.logs() if r.get("msg") == "statement refused: audit trail unavailable"]
+        assert metrics_lines
+    finally:
+        gw.stop(signal.SIGKILL)
