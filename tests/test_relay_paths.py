@@ -73,6 +73,9 @@ frontend_frame = st.one_of(
     st.sampled_from([b"\0select 1", b"", b"\0prepare p as select 1\0\0\0"]).map(lambda body: frame(b"P", body)),
     st.just(frame(b"B", b"\0s1\0" + b"\0" * 6)),
     st.just(frame(b"D", b"Ss1\0")),
+    st.just(frame(b"C", b"Ss1\0")),
+    st.just(frame(b"B", b"p\0\0" + b"\0" * 6)),
+    st.just(frame(b"E", b"p\0\0\0\0\0")),
     st.binary(max_size=40).map(lambda b: frame(b"d", b)),
     st.just(frame(b"c", b"")),
     st.just(frame(b"f", b"oops\0")),
@@ -87,6 +90,9 @@ backend_frame = st.one_of(
     st.just(frame(b"E", b"SERROR\0C42P01\0Mno\0\0")),
     st.binary(max_size=60).map(lambda b: frame(b"D", b"\0\1" + struct.pack("!i", len(b)) + b)),
     st.just(frame(b"C", b"SELECT 1\0")),
+    st.just(frame(b"C", b"INSERT 0 3\0")),
+    st.sampled_from([b"1", b"2", b"3", b"n", b"s", b"I"]).map(lambda t: frame(t, b"")),
+    st.just(frame(b"T", b"\0\0")),
     st.just(frame(b"N", b"SNOTICE\0Mhi\0\0")),
     st.integers(70_000, 120_000).map(lambda n: frame(b"D", b"\0\1" + struct.pack("!i", n) + b"r" * n)),
     st.just(frame(b"Z", b"")),  # malformed: no status byte
@@ -121,7 +127,22 @@ def conversation(draw):
     return steps
 
 
-def relay_once(steps, *, use_core: bool, gated: bool):
+class _Recorder:
+    """The audit trail's view of a relay: every record it would write."""
+
+    degraded = False
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+
+    def statement(self, st, *, force: bool = False) -> None:
+        self.log.append(("statement", st.seq, st.protocol, st.text, st.decision, st.sqlstate))
+
+    def result(self, st) -> None:
+        self.log.append(("result", st.seq, st.outcome, st.rows, st.sqlstate))
+
+
+def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False):
     reactor = Reactor(use_core=use_core)
     c_app, c_gw = socket.socketpair()
     u_gw, u_app = socket.socketpair()
@@ -134,6 +155,10 @@ def relay_once(steps, *, use_core: bool, gated: bool):
     session.phase = Phase.RELAY
     if gated:
         session.relay = Relay(session.config.limits, session.gateway, session_id=session.id, gate=Gate(POLICY))
+    recorder = _Recorder() if audited else None
+    if audited:
+        session.relay = Relay(session.config.limits, session.gateway, session_id=session.id,
+                              gate=Gate(POLICY) if gated else None, recorder=recorder)
     relay = reactor.attach(session, client_t, up_t)
     unsent = {"c": bytearray(), "s": bytearray()}
     got = {"up": bytearray(), "cl": bytearray()}
@@ -201,6 +226,7 @@ def relay_once(steps, *, use_core: bool, gated: bool):
         "error text": str(relay.error) if relay.error is not None else None,
         "end": session.end_reason,
         "closed": closed,
+        "records": recorder.log if recorder is not None else None,
     }
 
 
@@ -211,6 +237,19 @@ def relay_once(steps, *, use_core: bool, gated: bool):
 def test_c_path_relays_exactly_as_python(steps, gated):
     python = relay_once(steps, use_core=False, gated=gated)
     c = relay_once(steps, use_core=True, gated=gated)
+    assert c == python
+
+
+@needs_core
+@settings(max_examples=int(os.environ.get("PGJIT_RELAY_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(steps=conversation(), gated=st.booleans())
+def test_audited_c_path_records_exactly_as_python(steps, gated):
+    """With an audit trail the C core logs what it relays and Python
+    records it: the same bytes either way, and the same records in the same
+    order, as the Python relay that looks at every frame itself."""
+    python = relay_once(steps, use_core=False, gated=gated, audited=True)
+    c = relay_once(steps, use_core=True, gated=gated, audited=True)
     assert c == python
 
 

@@ -120,7 +120,7 @@ ignore_startup_parameters = extra_float_digits
 
 
 def start_pgjit(workdir: Path, pg: PgCluster, name: str = "pgjit", *, target: dict | None = None,
-                oidc: dict | None = None) -> tuple[subprocess.Popen, int]:
+                oidc: dict | None = None, extra: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cfg: dict = {
         "listen": {"host": "127.0.0.1", "port": port, "max_clients": 500},
@@ -130,6 +130,7 @@ def start_pgjit(workdir: Path, pg: PgCluster, name: str = "pgjit", *, target: di
     }
     if oidc:
         cfg["oidc"] = oidc
+    cfg.update(extra or {})
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "pgjit", "serve", "--config", str(path)],
@@ -349,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(jproc)
         gproc, gport = start_pgjit(workdir, pg, "pgjit-gated", target={"policy": str(REPO / "policies" / "default.yaml")})
         procs.append(gproc)
+        # The same, with the audit trail on (SQLite store in the work directory).
+        aproc, aport = start_pgjit(workdir, pg, "pgjit-audited", target={"policy": str(REPO / "policies" / "default.yaml")},
+                                   extra={"store": {"url": f"sqlite:///{workdir / 'audit' / 'audit.db'}"},
+                                          "audit": {"checkpoint_key": "bench-checkpoint-key-0123456789"}})
+        procs.append(aproc)
         targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid),
-                   Target("pgjit+gate", gport, "alice", "x", gproc.pid)]
+                   Target("pgjit+gate", gport, "alice", "x", gproc.pid), Target("pgjit+audit", aport, "alice", "x", aproc.pid)]
 
         big = workdir / "big.sql"
         big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         rows_1m = args.scale * 100_000
         for name, (wargs, duration) in workloads.items():
             # The default policy is read-only: TPC-B's writes are refused by design.
-            wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name == "pgjit+gate")]
+            wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name in ("pgjit+gate", "pgjit+audit"))]
             results = {t.name: Result() for t in wtargets}
             for _ in range(args.rounds):
                 for t in wtargets:

@@ -70,7 +70,15 @@ typedef struct {
     int last_was_error;
     int c_fast, s_fast;
     char txn_status;
+    /* Audit (set_audit): frames of these types that this path relays are
+     * appended to log, each as a direction byte ('c' or 's') and the frame
+     * (AUDIT_HEAD: its type and an empty body), for Python to record. */
+    PyObject *log;
+    int audit_lost; /* the log could not grow: frames went unlogged */
+    unsigned char calog[256], salog[256];
 } Core;
+
+enum { AUDIT_NONE = 0, AUDIT_HEAD = 1, AUDIT_FRAME = 2 };
 
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
@@ -103,6 +111,7 @@ static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->gate);
+    Py_VISIT(self->log);
     return 0;
 }
 
@@ -110,6 +119,66 @@ static int
 Core_clear(Core *self)
 {
     Py_CLEAR(self->gate);
+    Py_CLEAR(self->log);
+    return 0;
+}
+
+static PyObject *
+Core_set_audit(Core *self, PyObject *args)
+{
+    PyObject *log;
+    Py_buffer cm, sm;
+    if (!PyArg_ParseTuple(args, "O!y*y*", &PyByteArray_Type, &log, &cm, &sm))
+        return NULL;
+    if (cm.len != 256 || sm.len != 256) {
+        PyBuffer_Release(&cm);
+        PyBuffer_Release(&sm);
+        PyErr_SetString(PyExc_ValueError, "audit masks must be 256 bytes");
+        return NULL;
+    }
+    memcpy(self->calog, cm.buf, 256);
+    memcpy(self->salog, sm.buf, 256);
+    PyBuffer_Release(&cm);
+    PyBuffer_Release(&sm);
+    Py_INCREF(log);
+    Py_XSETREF(self->log, log);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Core_methods[] = {
+    {"set_audit", (PyCFunction)Core_set_audit, METH_VARARGS,
+     "set_audit(log: bytearray, client_mask: bytes, server_mask: bytes): append the relayed frames the masks "
+     "mark (1: type only, 2: whole frame), each after a direction byte, to log"},
+    {NULL},
+};
+
+/* Append the audited frames of b[0:r] to the log; -1 on error. */
+static int
+audit_log(Core *c, int client, const unsigned char *b, Py_ssize_t r, int *logged)
+{
+    const unsigned char *amask = client ? c->calog : c->salog;
+    PyObject *log = c->log;
+    for (Py_ssize_t pos = 0; pos < r;) {
+        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) | ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
+        unsigned char a = amask[b[pos]];
+        if (a != AUDIT_NONE) {
+            Py_ssize_t at = PyByteArray_GET_SIZE(log);
+            Py_ssize_t add = a == AUDIT_FRAME ? 1 + (stop - pos) : 6;
+            if (PyByteArray_Resize(log, at + add) < 0)
+                return -1;
+            char *o = PyByteArray_AS_STRING(log) + at;
+            o[0] = client ? 'c' : 's';
+            if (a == AUDIT_FRAME) {
+                memcpy(o + 1, b + pos, (size_t)(stop - pos));
+            } else {
+                o[1] = (char)b[pos];
+                o[2] = 0; o[3] = 0; o[4] = 0; o[5] = 4;
+            }
+            *logged = 1;
+        }
+        pos = stop;
+    }
     return 0;
 }
 
@@ -146,6 +215,7 @@ static PyMemberDef Core_members[] = {
     {"last_was_error", T_BOOL, offsetof(Core, last_was_error), 0, "last server frame an ErrorResponse"},
     {"c_fast", T_BOOL, offsetof(Core, c_fast), 0, "client reads may take the C path"},
     {"s_fast", T_BOOL, offsetof(Core, s_fast), 0, "server reads may take the C path"},
+    {"audit_lost", T_BOOL, offsetof(Core, audit_lost), 0, "the audit log could not take a frame"},
     {"gate", T_OBJECT, offsetof(Core, gate), 0,
      "gate(sql: bytes) -> bool: True lets a Query through the C path; False (or an exception) hands the "
      "read to Python, which decides again. It must have no side effects."},
@@ -167,6 +237,7 @@ static PyTypeObject CoreType = {
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_members = Core_members,
+    .tp_methods = Core_methods,
     .tp_getset = Core_getset,
     .tp_doc = "One relayed session's sockets, buffers and ReadyForQuery counters.",
 };
@@ -182,7 +253,7 @@ frame_len(const unsigned char *p)
  * Returns 1 when fully handled, 0 with *n and *sent set when Python must
  * take over. */
 static int
-relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_ssize_t *n, Py_ssize_t *sent)
+relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_ssize_t *n, Py_ssize_t *sent, int *logged)
 {
     *n = -1;
     *sent = -1;
@@ -305,6 +376,11 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
     }
     if (!client)
         c->last_was_error = last == S_ERROR && last_stop == r;
+    if (c->log != NULL && audit_log(c, client, b, r, logged) < 0) {
+        PyErr_Clear(); /* out of memory: Python ends the session (reactor, audit_lost) */
+        c->audit_lost = 1;
+        *logged = 1;
+    }
 
     int dest = client ? c->ufd : c->cfd;
     ssize_t w = send(dest, b, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -370,6 +446,7 @@ pump(PyObject *self, PyObject *args)
         int fd = evs[i].data.fd;
         uint32_t ev = evs[i].events;
         Py_ssize_t n = -1, sent = -1;
+        int logged = 0;
         PyObject *data = NULL;
         PyObject *key = PyLong_FromLong(fd);
         if (key == NULL)
@@ -383,7 +460,7 @@ pump(PyObject *self, PyObject *args)
             Py_INCREF(buf); /* the gate callback runs Python code */
             Py_INCREF(core);
             int done = relay_event((Core *)core, fd, ev, (unsigned char *)PyByteArray_AS_STRING(buf),
-                                   PyByteArray_GET_SIZE(buf), &n, &sent);
+                                   PyByteArray_GET_SIZE(buf), &n, &sent, &logged);
             if (!done && n > 0 && sent == -1 && fd == ((Core *)core)->ufd)
                 /* A server read left for Python may end the session (a
                  * ParameterStatus, pgjit.gateway.lexstate): no client read of this
@@ -391,9 +468,13 @@ pump(PyObject *self, PyObject *args)
                  * sets c_fast again once it has. */
                 ((Core *)core)->c_fast = 0;
             Py_DECREF(core);
-            if (done) {
+            if (done && !logged) {
                 Py_DECREF(buf);
                 continue;
+            }
+            if (done) { /* relayed, and frames logged for the audit: Python records them */
+                n = -3;
+                sent = -1;
             }
             if (n > 0 && sent == -1)
                 data = hand_over(holder, buf, n);

@@ -100,6 +100,17 @@ def server_mask() -> bytes:
     return bytes(codes.get(t, rc.PASS) for t in range(256))
 
 
+def _audit_masks() -> tuple[bytes, bytes]:
+    head, frame = 1, 2
+    client = {b"Q"[0]: frame, b"P"[0]: frame, b"B"[0]: frame, b"E"[0]: frame,
+              b"D"[0]: head, b"C"[0]: head, b"S"[0]: head}
+    server = {t: head for t in b"123nTIsZHW"} | {b"C"[0]: frame, b"E"[0]: frame}
+    return bytes(client.get(t, 0) for t in range(256)), bytes(server.get(t, 0) for t in range(256))
+
+
+_AUDIT_CLIENT, _AUDIT_SERVER = _audit_masks()
+
+
 def c_core_enabled() -> bool:
     return _relaycore is not None and os.environ.get("PGJIT_RELAY_CORE", "c") != "python"
 
@@ -124,9 +135,8 @@ class Channel:
         # one (Reactor._buf), and nothing keeps a view of it past handling
         # that read (Relay.from_server keeps none; _keep copies).
         self.core = None
-        # With an audit trail every statement and its answer is looked at in
-        # Python: the C core (which relays whole frames unseen) is not used.
-        if reactor.use_core and relay.recorder is None:
+        self._log: bytearray | None = None
+        if reactor.use_core:
             watch, count_only, max_size, backend_max = relay.relay_profile()
             gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),
@@ -138,6 +148,11 @@ class Channel:
                 setattr(core, name, getattr(old, name))
             relay.ctr = core
             self.core = core
+            if relay.recorder is not None:
+                # What the core relays of the messages the server answers is
+                # logged for the relay's statement queue (replay_log).
+                self._log = bytearray()
+                core.set_audit(self._log, _AUDIT_CLIENT, _AUDIT_SERVER)
             self._sync()
         reactor._register(self)
 
@@ -193,7 +208,10 @@ class Channel:
         if core is not None:
             relay, backlog = self.relay, self._backlog
             halted = relay.halted
-            core.c_fast = not halted and not relay.terminating and backlog[self.ufd] is None and relay._c_pending is None
+            core.c_fast = (not halted and not relay.terminating and backlog[self.ufd] is None and relay._c_pending is None
+                           # the audit store failing: statements take the Python path, which
+                           # records each before it goes up, or refuses it (fail_closed)
+                           and (relay.recorder is None or not relay.recorder.degraded))
             core.s_fast = (
                 not halted
                 and not relay.terminating  # the drain after Terminate watches each ReadyForQuery
@@ -221,9 +239,30 @@ class Channel:
         except BaseException as e:  # ProtocolViolation, an internal error: the session reports it
             self._finish(e)
 
+    def _drain_log(self) -> None:
+        log = self._log
+        if log:
+            data = bytes(log)
+            del log[:]
+            self.relay.replay_log(data)
+        if self.core.audit_lost:  # type: ignore[union-attr]
+            from pgjit.errors import AuditUnavailableError
+
+            raise AuditUnavailableError("terminating connection: pgjit could not record what this session sent",
+                                        severity="FATAL")
+
     def on_report(self, fd: int, ev: int, n: int, sent: int, data: bytes | bytearray | None) -> None:
         """What the C path left for Python (see _relaycore.c for the codes).
         ``data`` is this read's own (no other read of the batch reuses it)."""
+        if self._log is not None and not self.closed:
+            try:
+                self._drain_log()  # first: what the core relayed came before this
+            except BaseException as e:
+                self._finish(e)
+                return
+            if n == -3:  # relayed and logged, nothing else to do
+                self._sync()
+                return
         if n < 0:
             self.on_event(fd, ev)
             return

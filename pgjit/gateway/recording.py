@@ -48,14 +48,20 @@ class SessionRecorder:
                 text = f"<not parsable: {len(st.text)} bytes, literals not recorded>"
         return text, fingerprint
 
-    def statement(self, st: Statement) -> None:
+    @property
+    def degraded(self) -> bool:
+        """The store is failing: statements must be recorded before they go
+        up (the relay's Python path), not after (the C core's log)."""
+        return self.writer.failing
+
+    def statement(self, st: Statement, *, force: bool = False) -> None:
         text, fingerprint = self._text(st)
         record = records.statement(
             self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=st.protocol,
             decision=st.decision, rule=st.rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
             size=st.bytes_in)
         try:
-            self.writer.submit(record)
+            self.writer.submit(record, force=force)
         except AuditUnavailable:
             metrics.AUDIT_UNRECORDED.labels("fail_open" if self.fail_open else "fail_closed").inc()
             if not self.fail_open:

@@ -170,7 +170,9 @@ class CatalogRefresh(Protocol):
 class Recorder(Protocol):
     """Where a session's statements are recorded (pgjit.gateway.recording)."""
 
-    def statement(self, st: Statement) -> None: ...  # raises when it cannot be queued
+    def statement(self, st: Statement, *, force: bool = False) -> None: ...  # raises when it cannot be queued
+    @property
+    def degraded(self) -> bool: ...
     def result(self, st: Statement) -> None: ...
 
 
@@ -238,6 +240,7 @@ class Relay:
         self.queue: StatementQueue | None = None
         self._s_watch = _BACKEND_WATCH
         self.last_refusal: tuple[str, str] = ("deny", "default")
+        self._c_watch_base = self._c_watch  # what the C core is told (it logs the rest, replay_log)
         if recorder is not None:
             self.queue = StatementQueue()
             self._c_watch = self._c_watch | _AUDIT_FRONTEND
@@ -254,7 +257,7 @@ class Relay:
         watches, those of them that only move the ReadyForQuery count, and
         the largest client and server message allowed."""
         count_only = _COUNT_ONLY_GATED if self.gate is not None else _COUNT_ONLY
-        return self._c_watch, count_only, self.limits.max_message_size, MAX_BACKEND_MESSAGE
+        return self._c_watch_base, count_only, self.limits.max_message_size, MAX_BACKEND_MESSAGE
 
     def from_client(self, data: bytes | bytearray) -> tuple[bytes | bytearray | memoryview | None, bool]:
         """Bytes from the client -> (bytes for the upstream, stop after sending)."""
@@ -465,7 +468,10 @@ class Relay:
                     if not self._record(st):
                         replacement = self._refuse(self._unrecorded(st))
             elif tag == F_PARSE:
-                name, query = _parse_name_and_query(buf, start + 5, stop)
+                # Gated: a Parse that cannot be read is refused (08P01). Only
+                # recorded: the server judges it, as it does unrecorded.
+                name, query = (_parse_name_and_query(buf, start + 5, stop) if self.gate is not None
+                               else _lenient_name_and_query(buf, start + 5, stop))
                 error = self.gate_statement(query, name) if self.gate is not None else None
                 if error is not None:
                     replacement = self._refuse(error, sync=False)
@@ -512,7 +518,7 @@ class Relay:
             queue.sync()
         elif tag == F_BIND:
             portal_end = _find0(buf, start + 5, stop)
-            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, portal_end + 1, stop))
+            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, min(portal_end + 1, stop), stop))
         elif tag == F_DESCRIBE:
             queue.describe()
         elif tag == F_CLOSE:
@@ -543,6 +549,33 @@ class Relay:
             detail=getattr(self, "_audit_error", None),
             hint="retry when the audit store is back (audit.on_store_failure: fail_closed)",
         )
+
+    def replay_log(self, data: bytes) -> None:
+        """What the C core relayed of the messages the server answers, in
+        order (a direction byte, then the frame: _relaycore.c, set_audit):
+        the statement queue learns it as if this relay had seen it. The
+        core relays only what the gate allowed and only while the audit
+        store takes records, so nothing here is refused; records are queued
+        over the buffer's bound rather than lost."""
+        queue, recorder = self.queue, self.recorder
+        assert queue is not None and recorder is not None
+        pos, n = 0, len(data)
+        while pos < n:
+            direction, tag = data[pos], data[pos + 1]
+            stop = pos + 2 + _U32.unpack_from(data, pos + 2)[0]
+            if direction == 99:  # "c"
+                if tag == F_QUERY:
+                    recorder.statement(queue.query(data[pos + 6 : stop - 1], size=stop - pos - 1), force=True)
+                elif tag == F_EXECUTE:
+                    recorder.statement(queue.execute(_cstr_at(data, pos + 6, stop), size=stop - pos - 1), force=True)
+                elif tag == F_PARSE:
+                    queue.parse(*_lenient_name_and_query(data, pos + 6, stop))
+                else:
+                    self._track(tag, data, pos + 1, stop)
+            else:
+                for st in queue.server(tag, data[pos + 6 : stop]):
+                    recorder.result(st)
+            pos = stop
 
     def finish_audit(self) -> None:
         """The session ended: what is still in flight is recorded as unanswered."""
@@ -812,11 +845,19 @@ def _carry(data: bytes | bytearray, end: int, pending: bytearray | None) -> byte
 
 
 def _find0(buf, pos: int, stop: int) -> int:  # type: ignore[no-untyped-def]
-    end = buf.find(b"\x00", pos, stop) if not isinstance(buf, memoryview) else bytes(buf[pos:stop]).find(b"\x00") + pos
-    if end < pos:
-        raise ProtocolViolation("malformed message: a name is not terminated")
-    return end
+    """Where the NUL ending the string at ``pos`` is; ``stop`` when there is
+    none (a malformed message: the server refuses it itself, and the
+    statement queue gets its ErrorResponse)."""
+    end = bytes(buf[pos:stop]).find(b"\x00")
+    return stop if end < 0 else pos + end
 
 
 def _cstr_at(buf, pos: int, stop: int) -> str:  # type: ignore[no-untyped-def]
     return bytes(buf[pos : _find0(buf, pos, stop)]).decode("utf-8", "surrogateescape")
+
+
+def _lenient_name_and_query(buf, pos: int, stop: int) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    name_end = _find0(buf, pos, stop)
+    query_end = _find0(buf, min(name_end + 1, stop), stop)
+    return (bytes(buf[pos:name_end]).decode("utf-8", "surrogateescape"),
+            bytes(buf[min(name_end + 1, stop) : query_end]))
