@@ -48,6 +48,9 @@ STATEMENTS_DENIED = Counter(
 )
 
 
+STATEMENTS = Counter(
+    "pgjit_statements_total", "Statements recorded by the audit trail, by decision", ["decision"]  # allow | deny | approval | unrecorded
+)
 AUDIT_UNRECORDED = Counter(
     "pgjit_audit_unrecorded_total",
     "Statements whose record could not be queued: refused (fail_closed) or run unrecorded (fail_open)",

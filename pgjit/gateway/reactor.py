@@ -26,7 +26,7 @@ import os
 import select
 import socket
 import traceback
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import trio
 
@@ -432,6 +432,9 @@ class Reactor:
         # read to Python together with this buffer and put a fresh one in its
         # place, so it is always reached through the list.
         self._bufs = [bytearray(RECV_SIZE)]
+        # Set by the gateway when it keeps an audit trail: is its store failing?
+        self.audit_degraded: Callable[[], bool] | None = None
+        self._degraded = False
 
     @property
     def _buf(self) -> bytearray:
@@ -464,6 +467,14 @@ class Reactor:
         """Handle the events that are ready now, without waiting; False when
         there were none."""
         if self.use_core:
+            watch = self.audit_degraded
+            if watch is not None and watch() != self._degraded:
+                # The audit store started (or stopped) failing: every audited
+                # session's client reads leave the C path now (or may take it
+                # again), not at their next event.
+                self._degraded = not self._degraded
+                for channel in set(self._relays.values()):
+                    channel._sync()
             reports = _relaycore.pump(self._epfd, _BATCH, self._cores, self._bufs)
             if reports is None:
                 return False

@@ -21,6 +21,7 @@ from pgjit.audit.writer import AuditUnavailable
 from pgjit.gateway.statements import Statement
 
 log = logging.getLogger("pgjit.gateway.recording")
+_BY_DECISION: dict[str, Any] = {}  # decision -> its pgjit_statements_total child
 
 
 class SessionRecorder:
@@ -60,6 +61,10 @@ class SessionRecorder:
             self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=st.protocol,
             decision=st.decision, rule=st.rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
             size=st.bytes_in)
+        counter = _BY_DECISION.get(st.decision)
+        if counter is None:
+            counter = _BY_DECISION[st.decision] = metrics.STATEMENTS.labels(st.decision)
+        counter.inc()
         try:
             self.writer.submit(record, force=force)
         except AuditUnavailable:

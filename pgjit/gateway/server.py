@@ -133,6 +133,9 @@ class Gateway:
         }
         # Relays plain-TCP sessions (TLS sessions use a task per direction).
         self.reactor: Reactor | None = Reactor()
+        if self.writer is not None:
+            writer = self.writer
+            self.reactor.audit_degraded = lambda: writer.failing
         # Each target's server at the last probe (None: not probed yet); the
         # probes run with the API, for /readyz and pgjit_upstream_up.
         self.upstream_up: dict[str, bool | None] = {name: None for name in config.targets}
