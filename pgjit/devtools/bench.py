@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             "select-prepared": (["-S", "-M", "prepared", "-c", c, "-j", j], args.duration),
             "tpcb-simple": (["-M", "simple", "-c", c, "-j", j], args.duration),
             "1M-row-result": (["-f", str(big), "-c", "1", "-t", "3"], None),
+            # One client, one round trip at a time: what each proxy adds per round trip.
+            "latency-1client": (["-S", "-M", "simple", "-c", "1", "-j", "1"], args.duration),
         }
         if args.only:
             keep = set(args.only.split(","))
@@ -391,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'target':<10} {unit:>11} {'ratio':>8} {'proxy CPU us/txn':>17}")
             for t in wtargets:
                 print(fmt_row(t.name, results[t.name], direct_tps))
+            if name == "latency-1client":
+                base_us = 1e6 / direct_tps
+                for t in wtargets[1:]:
+                    added = 1e6 / statistics.median(results[t.name].tps) - base_us
+                    print(f"  {t.name:<10} adds {added:6.1f} us per round trip (direct: {base_us:.1f} us)")
             if name == "1M-row-result":
                 for t in wtargets:
                     rps = statistics.median(results[t.name].tps) * rows_1m
