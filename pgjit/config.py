@@ -138,6 +138,7 @@ class AuditConfig:
     buffer: int = 100_000  # records queued in memory while the store cannot be written
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 10.0
+    sink: str | None = None  # a JSON-lines file every written record is appended to
 
 
 @dataclass(frozen=True)
@@ -617,7 +618,7 @@ def _store_and_audit(ctx: _Ctx, data: Mapping[str, Any], base: Path) -> tuple[St
         raise ctx.error(("store", "url"), "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
     au = _section(ctx, data.get("audit"), ("audit",), {
         "checkpoint_key", "checkpoint_key_file", "on_store_failure", "redact_literals", "buffer",
-        "checkpoint_every", "checkpoint_seconds"})
+        "checkpoint_every", "checkpoint_seconds", "sink"})
     key_text = _get(ctx, au, ("audit",), "checkpoint_key", _str, None)
     key_file = _get(ctx, au, ("audit",), "checkpoint_key_file", _file(base), None)
     if key_text is None and key_file is None:
@@ -641,5 +642,6 @@ def _store_and_audit(ctx: _Ctx, data: Mapping[str, Any], base: Path) -> tuple[St
         buffer=_get(ctx, au, ("audit",), "buffer", _int_range(100, 10_000_000), 100_000),
         checkpoint_every=_get(ctx, au, ("audit",), "checkpoint_every", _int_range(1, 1_000_000), 1000),
         checkpoint_seconds=_get(ctx, au, ("audit",), "checkpoint_seconds", _positive_float, 10.0),
+        sink=_get(ctx, au, ("audit",), "sink", lambda v: str(base / _str(v)) if not Path(_str(v)).is_absolute() else _str(v), None),
     )
     return StoreConfig(url=url, data_dir=data_dir), audit

@@ -50,6 +50,7 @@ class Writer:
         checkpoint_seconds: float = 10.0,
         retry_max: float = 5.0,
         clock: Callable[[], str] = utc_now,
+        sink: str | None = None,
     ) -> None:
         self.store = store
         self.key = key
@@ -71,6 +72,10 @@ class Writer:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._inflight: list[dict[str, Any]] = []
+        # A live copy for a SIEM: every record the store took, as one JSON
+        # line (the export's fields), appended to this file.
+        self.sink = sink
+        self._sink_file: Any = None
         self.on_error: Callable[[], None] | None = None  # called (in the writer's thread) on each failed write
 
     @property
@@ -160,7 +165,23 @@ class Writer:
             self.failing = False
             backoff = 0.05
             self.written += len(self._inflight)
+            if self.sink is not None:
+                self._to_sink(self._inflight)
             self._inflight = []
+
+    def _to_sink(self, rows: list[dict[str, Any]]) -> None:
+        import json
+
+        try:
+            if self._sink_file is None:
+                self._sink_file = open(self.sink, "a", encoding="utf-8")  # type: ignore[arg-type]
+            fields = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash")
+            self._sink_file.write("".join(json.dumps({k: r.get(k) for k in fields}, ensure_ascii=False,
+                                                     separators=(",", ":")) + "\n" for r in rows))
+            self._sink_file.flush()
+        except OSError as e:  # the store has the records; the copy is best effort
+            log.warning("audit sink write failed", extra={"sink": self.sink, "error": str(e)})
+            self._sink_file = None
 
     def _take(self, closing: bool) -> list[dict[str, Any]]:
         """The next batch, sealed into the chain, with checkpoints where due."""

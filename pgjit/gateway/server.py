@@ -57,7 +57,7 @@ def open_audit(config: Config):  # type: ignore[no-untyped-def]
     store = Store(url)
     a = config.audit
     writer = Writer(store, a.checkpoint_key, capacity=a.buffer, checkpoint_every=a.checkpoint_every,
-                    checkpoint_seconds=a.checkpoint_seconds)
+                    checkpoint_seconds=a.checkpoint_seconds, sink=a.sink)
     writer.on_error = metrics.AUDIT_STORE_ERRORS.inc
     return writer.start()
 
