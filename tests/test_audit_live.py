@@ -131,11 +131,14 @@ def test_every_kind_of_statement_is_recorded_in_order(audited):
     assert any(r["kind"] == "config_load" for r in rows)
     report = verify(rows, KEY.encode())
     assert report.ok and report.unchecked == 0, report.problems  # the writer closed with a final checkpoint
-    key_file = Path(gw.config_path).parent / "k"
-    key_file.write_text(KEY)
-    out = subprocess.run([sys.executable, "-m", "pgjit", "audit", "verify", "--url", url, "--key-file", str(key_file)],
-                         capture_output=True, text=True, timeout=60)
+    # The commands find the store and the key through the gateway's own config.
+    out = subprocess.run([sys.executable, "-m", "pgjit", "audit", "verify", "--config", str(gw.config_path)],
+                         capture_output=True, text=True, timeout=60, env={k: v for k, v in __import__("os").environ.items()
+                                                                          if not k.startswith("PGJIT_")})
     assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-m", "pgjit", "sessions", "show", "--config", str(gw.config_path), sid],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "select count(*) from t" in out.stdout, out.stdout + out.stderr
     # The live sink got every record the store holds, in order, and verifies on its own.
     sink = [json.loads(line) for line in gw.extra["sink"].read_text().splitlines()]
     assert [(r["chain"], r["seq"], r["hash"]) for r in sink] == [(r["chain"], r["seq"], r["hash"]) for r in rows]

@@ -96,7 +96,9 @@ def build_parser(sub: Any) -> None:
 
 def _url_arg(p: Any) -> None:
     p.add_argument("--url", default=os.environ.get("PGJIT_STORE__URL"),
-                   help="the store's URL (default: $PGJIT_STORE__URL)")
+                   help="the store's URL (default: $PGJIT_STORE__URL, else the config's store.url)")
+    p.add_argument("--config", "-c", default=os.environ.get("PGJIT_CONFIG"),
+                   help="a pgjit.yaml whose store (and checkpoint key) to use (default: $PGJIT_CONFIG)")
 
 
 def _key_arg(p: Any) -> None:
@@ -104,9 +106,26 @@ def _key_arg(p: Any) -> None:
                    help="the checkpoint key (default: $PGJIT_AUDIT__CHECKPOINT_KEY_FILE)")
 
 
+def _from_config(args: Any):  # type: ignore[no-untyped-def]
+    if not getattr(args, "config", None):
+        return None
+    from pgjit.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        print(f"pgjit: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _need_url(args: Any) -> str | None:
     if not args.url:
-        print("pgjit: no store given: pass --url or set PGJIT_STORE__URL", file=sys.stderr)
+        cfg = _from_config(args)
+        if cfg is not None and cfg.store is not None:
+            args.url = cfg.store.url
+    if not args.url:
+        print("pgjit: no store given: pass --url or --config (with an audit section), or set PGJIT_STORE__URL",
+              file=sys.stderr)
         return None
     return args.url
 
@@ -139,15 +158,21 @@ def _cmd_upgrade(args: Any) -> int:
 def _cmd_verify(args: Any) -> int:
     from pgjit.audit.chain import iter_jsonl, verify
 
+    key = None
     if not args.key_file:
-        print("pgjit: no checkpoint key: pass --key-file or set PGJIT_AUDIT__CHECKPOINT_KEY_FILE "
+        cfg = _from_config(args)
+        if cfg is not None and cfg.audit is not None:
+            key = cfg.audit.checkpoint_key
+    if key is None and not args.key_file:
+        print("pgjit: no checkpoint key: pass --key-file or --config, or set PGJIT_AUDIT__CHECKPOINT_KEY_FILE "
               "(without it a re-hashed chain cannot be told from a real one)", file=sys.stderr)
         return 2
-    try:
-        key = read_key(args.key_file)
-    except (OSError, ValueError) as e:
-        print(f"pgjit: cannot read the checkpoint key: {e}", file=sys.stderr)
-        return 2
+    if key is None:
+        try:
+            key = read_key(args.key_file)
+        except (OSError, ValueError) as e:
+            print(f"pgjit: cannot read the checkpoint key: {e}", file=sys.stderr)
+            return 2
     store = None
     try:
         if args.file:

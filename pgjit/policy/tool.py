@@ -402,7 +402,9 @@ def build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     # Run by pgjit.cli through pgjit.audit.tool: the decisions layer does not read the store.
     p_replay.add_argument("--url", default=os.environ.get("PGJIT_STORE__URL"),
-                          help="the audit store's URL (default: $PGJIT_STORE__URL)")
+                          help="the audit store's URL (default: $PGJIT_STORE__URL, else the config's store.url)")
+    p_replay.add_argument("--config", "-c", default=os.environ.get("PGJIT_CONFIG"),
+                          help="a pgjit.yaml whose audit store to read (default: $PGJIT_CONFIG)")
     p_replay.add_argument("--policy", "-p", dest="policy_file", required=True, metavar="NEW.yaml",
                           help="the candidate policy to decide the recorded statements with")
     p_replay.add_argument("--since", metavar="TIME", help="only statements at or after this UTC time (ISO 8601)")
