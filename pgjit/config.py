@@ -135,6 +135,7 @@ class AuditConfig:
     checkpoint_key_file: str | None = None
     on_store_failure: str = "fail_closed"  # fail_closed | fail_open
     redact_literals: bool = False
+    bind_parameters: bool = False  # record Bind values (they may be secrets: off by default)
     buffer: int = 100_000  # records queued in memory while the store cannot be written
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 10.0
@@ -618,7 +619,7 @@ def _store_and_audit(ctx: _Ctx, data: Mapping[str, Any], base: Path) -> tuple[St
         raise ctx.error(("store", "url"), "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
     au = _section(ctx, data.get("audit"), ("audit",), {
         "checkpoint_key", "checkpoint_key_file", "on_store_failure", "redact_literals", "buffer",
-        "checkpoint_every", "checkpoint_seconds", "sink"})
+        "checkpoint_every", "checkpoint_seconds", "sink", "bind_parameters"})
     key_text = _get(ctx, au, ("audit",), "checkpoint_key", _str, None)
     key_file = _get(ctx, au, ("audit",), "checkpoint_key_file", _file(base), None)
     if key_text is None and key_file is None:
@@ -639,6 +640,7 @@ def _store_and_audit(ctx: _Ctx, data: Mapping[str, Any], base: Path) -> tuple[St
         checkpoint_key_file=key_file,
         on_store_failure=_get(ctx, au, ("audit",), "on_store_failure", _choice("fail_closed", "fail_open"), "fail_closed"),
         redact_literals=_get(ctx, au, ("audit",), "redact_literals", _bool, False),
+        bind_parameters=_get(ctx, au, ("audit",), "bind_parameters", _bool, False),
         buffer=_get(ctx, au, ("audit",), "buffer", _int_range(100, 10_000_000), 100_000),
         checkpoint_every=_get(ctx, au, ("audit",), "checkpoint_every", _int_range(1, 1_000_000), 1000),
         checkpoint_seconds=_get(ctx, au, ("audit",), "checkpoint_seconds", _positive_float, 10.0),

@@ -129,6 +129,7 @@ def test_every_kind_of_statement_is_recorded_in_order(audited):
     assert copy["body"]["protocol"] == "simple"  # recorded before the server said it is a COPY
     assert all(s["body"]["policy_hash"] and len(s["body"]["policy_hash"]) == 64 for s, _ in _statements(rows, sid))
     assert any(r["kind"] == "config_load" for r in rows)
+    assert not any("parameters" in s["body"] for s, _ in _statements(rows, sid))  # bind values: off by default
     report = verify(rows, KEY.encode())
     assert report.ok and report.unchecked == 0, report.problems  # the writer closed with a final checkpoint
     # The commands find the store and the key through the gateway's own config.
@@ -241,3 +242,22 @@ def test_store_outage_fails_closed_and_loses_nothing(pg, pg_factory, tmp_path):
         assert metrics_lines
     finally:
         gw.stop(signal.SIGKILL)
+
+
+def test_redacted_literals_and_recorded_parameters(pg, tmp_path):
+    url = audit_store.sqlite_url(tmp_path / "a.db")
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url},
+                       audit={"checkpoint_key": KEY, "redact_literals": True, "bind_parameters": True})
+    try:
+        with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+            conn.execute("select * from customers where name = 'Hunter2-secret'")
+            conn.execute("select * from customers where id = %s and name <> %s", [1, "x"])
+        _wait_closed(gw)
+    finally:
+        assert gw.stop() == 0
+    rows = _records(url)
+    stmts = [s for s, _ in _statements(rows, _session_ids(rows)[-1])]
+    assert stmts[0]["body"]["text"] == "select * from customers where name = $1"
+    assert "Hunter2" not in json.dumps(rows)
+    # psycopg sends the int in binary (int2), the str as text: binary values are recorded as hex.
+    assert stmts[1]["body"]["parameters"] == ["\\x0001", "x"]

@@ -131,12 +131,13 @@ class _Recorder:
     """The audit trail's view of a relay: every record it would write."""
 
     degraded = False
+    bind_parameters = True
 
     def __init__(self) -> None:
         self.log: list[tuple] = []
 
     def statement(self, st, *, force: bool = False) -> None:
-        self.log.append(("statement", st.seq, st.protocol, st.text, st.decision, st.sqlstate))
+        self.log.append(("statement", st.seq, st.protocol, st.text, st.decision, st.sqlstate, st.parameters))
 
     def result(self, st) -> None:
         self.log.append(("result", st.seq, st.outcome, st.rows, st.sqlstate))

@@ -26,7 +26,8 @@ _BY_DECISION: dict[str, Any] = {}  # decision -> its pgjit_statements_total chil
 
 class SessionRecorder:
     def __init__(self, writer: Any, *, session_id: str, person: str | None, target: str | None,
-                 policy_hash: str | None, redact_literals: bool, fail_open: bool) -> None:
+                 policy_hash: str | None, redact_literals: bool, fail_open: bool,
+                 bind_parameters: bool = False) -> None:
         self.writer = writer
         self.session_id = session_id
         self.person = person
@@ -34,6 +35,7 @@ class SessionRecorder:
         self.policy_hash = policy_hash
         self.redact_literals = redact_literals
         self.fail_open = fail_open
+        self.bind_parameters = bind_parameters  # off by default: values may be secrets
 
     def _text(self, st: Statement) -> tuple[str, str | None]:
         from pgjit.policy.gate import statement_fingerprint
@@ -60,7 +62,7 @@ class SessionRecorder:
         record = records.statement(
             self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=st.protocol,
             decision=st.decision, rule=st.rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
-            size=st.bytes_in)
+            size=st.bytes_in, parameters=st.parameters if self.bind_parameters else None)
         counter = _BY_DECISION.get(st.decision)
         if counter is None:
             counter = _BY_DECISION[st.decision] = metrics.STATEMENTS.labels(st.decision)

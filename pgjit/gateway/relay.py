@@ -170,6 +170,8 @@ class CatalogRefresh(Protocol):
 class Recorder(Protocol):
     """Where a session's statements are recorded (pgjit.gateway.recording)."""
 
+    bind_parameters: bool
+
     def statement(self, st: Statement, *, force: bool = False) -> None: ...  # raises when it cannot be queued
     @property
     def degraded(self) -> bool: ...
@@ -518,7 +520,10 @@ class Relay:
             queue.sync()
         elif tag == F_BIND:
             portal_end = _find0(buf, start + 5, stop)
-            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, min(portal_end + 1, stop), stop))
+            params = None
+            if self.recorder.bind_parameters:  # type: ignore[union-attr]
+                params = _bind_values(bytes(buf[start + 5 : stop]))
+            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, min(portal_end + 1, stop), stop), params)
         elif tag == F_DESCRIBE:
             queue.describe()
         elif tag == F_CLOSE:
@@ -861,3 +866,24 @@ def _lenient_name_and_query(buf, pos: int, stop: int) -> tuple[str, bytes]:  # t
     query_end = _find0(buf, min(name_end + 1, stop), stop)
     return (bytes(buf[pos:name_end]).decode("utf-8", "surrogateescape"),
             bytes(buf[min(name_end + 1, stop) : query_end]))
+
+
+def _bind_values(body: bytes) -> list[str | None] | None:
+    """A Bind's parameter values for the audit record: text-format ones as
+    text, binary ones as \\x and hex; None when the message cannot be read
+    (the server refuses it)."""
+    try:
+        b = m.Bind.decode(body)
+    except Exception:
+        return None
+    formats = b.param_formats
+    out: list[str | None] = []
+    for i, v in enumerate(b.params):
+        fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
+        if v is None:
+            out.append(None)
+        elif fmt == 0:
+            out.append(v.decode("utf-8", "replace"))
+        else:
+            out.append("\\x" + v.hex())
+    return out

@@ -199,7 +199,8 @@ class Session:
             audit = self.config.audit
             recorder = SessionRecorder(writer, session_id=self.id, person=self._person, target=db,
                                        policy_hash=self.gateway.policy_hashes.get(db), redact_literals=audit.redact_literals,
-                                       fail_open=audit.on_store_failure == "fail_open")
+                                       fail_open=audit.on_store_failure == "fail_open",
+                                       bind_parameters=audit.bind_parameters)
         self.relay = Relay(self.config.limits, self.gateway, session_id=self.id, user=self.principal.user,
                            database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db),
                            recorder=recorder)

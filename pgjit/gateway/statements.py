@@ -65,6 +65,7 @@ class Statement:
     rows_seen: int = 0  # DataRows relayed (when rows are counted frame by frame)
     bytes_in: int = 0  # the client bytes it arrived in
     ended: float | None = None
+    parameters: list[str | None] | None = None  # bind values, when the audit records them
 
     @property
     def rows(self) -> int | None:
@@ -93,6 +94,7 @@ class StatementQueue:
         self._q: collections.deque[tuple[str, Statement | None]] = collections.deque()
         self._seq = 0
         self._portals: dict[str, bytes] = {}  # portal -> the SQL it runs
+        self._params: dict[str, list[str | None]] = {}  # portal -> its bind values (only when recorded)
         self._prepared: dict[str, bytes] = {}  # statement name -> SQL
 
     def __len__(self) -> int:
@@ -133,8 +135,12 @@ class StatementQueue:
         self._q.append((B, st))
         return st
 
-    def bind(self, portal: str, statement: str) -> None:
+    def bind(self, portal: str, statement: str, parameters: list[str | None] | None = None) -> None:
         self._portals[portal] = self._prepared.get(statement, b"")
+        if parameters is not None:
+            self._params[portal] = parameters
+        else:
+            self._params.pop(portal, None)
         self._q.append((B, None))
 
     def describe(self) -> None:
@@ -145,6 +151,7 @@ class StatementQueue:
 
     def execute(self, portal: str, *, size: int = 0) -> Statement:
         st = self._new("extended", self._portals.get(portal, b""), "allow", None, size)
+        st.parameters = self._params.get(portal)
         self._q.append((E, st))
         return st
 
