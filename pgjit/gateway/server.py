@@ -122,6 +122,9 @@ class Gateway:
                     setup_grace=max(t.jit.setup_grace, config.timeouts.upstream_connect * 2),
                     scram_iterations=t.jit.scram_iterations,
                 )
+        if self.writer is not None:
+            for name, broker in self.brokers.items():
+                broker.on_revoked = functools.partial(self._record_sweep, name)
         self.addresses: list[tuple[str, int]] = []
         # One statement gate per target with a policy; shared by its sessions
         # so that their caches warm each other.
@@ -275,6 +278,16 @@ class Gateway:
                 log.error("audit records could not all be written", extra={"queued": self.writer.depth,
                                                                          "error": self.writer.last_error})
         log.info("stopped")
+
+    def _record_sweep(self, target: str, role: str, reason: str) -> None:
+        """A role the sweeper dropped (expired, orphaned): the session's own
+        revocations are recorded by the session."""
+        if reason == "session ended" or self.writer is None:
+            return
+        from pgjit.audit import records
+
+        self.writer.submit(records.jit_role(f"swept:{reason}", role, session_id=None, person=None, target=target),
+                           force=True)
 
     # ------------------------------------------------------ health, metrics
 

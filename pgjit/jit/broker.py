@@ -194,6 +194,8 @@ class JitBroker:
             raise ValueError(f"revoke_timeout must be more than {_LOCK_OUT_RESERVE} s")
         self.revoke_timeout = revoke_timeout
         self.live: set[str] = set()
+        # Called with (role, reason) after each role this broker dropped (the audit trail's hook).
+        self.on_revoked: Callable[[str, str], None] | None = None
         self._admin: AdminConnection | None = None
         self._generation = 0  # bumped on every (re)connect
         self._connect_lock = trio.Lock()
@@ -429,6 +431,8 @@ class JitBroker:
                 error = str(e)
             else:
                 metrics.JIT_ROLE_EVENTS.labels("revoked" if reason == "session ended" else "swept").inc()
+                if self.on_revoked is not None:
+                    self.on_revoked(name, reason)
                 log.info(
                     "role revoked",
                     extra={"role": name, "reason": reason, "attempts": attempt + 1, "ms": round((time.monotonic() - started) * 1000, 1)},

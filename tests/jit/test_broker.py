@@ -511,6 +511,8 @@ def test_sweep(jit_pg):
     # "young" was created a moment ago: a sweeper with a long grace keeps it
     # and everything that is not expired.
     graceful = make_broker(pg, setup_grace=3600)
+    told: list[tuple[str, str]] = []
+    graceful.on_revoked = lambda name, reason: told.append((name, reason))  # the audit trail's hook
 
     async def sweep(b):
         try:
@@ -522,6 +524,7 @@ def test_sweep(jit_pg):
     assert not rep.skipped and not rep.failed, rep
     assert rep.examined >= 6, rep
     assert set(rep.revoked) == {expired.name, connected_expired.name}
+    assert sorted(told) == sorted([(expired.name, "expired"), (connected_expired.name, "expired")])
     assert not role_exists(pg, expired.name) and not role_exists(pg, connected_expired.name)
     for r in (orphan, live, young, connected):
         assert role_exists(pg, r.name)
