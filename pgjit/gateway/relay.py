@@ -237,11 +237,13 @@ class Relay:
         self.overlay: dict[str, object] = {}
         # With an audit trail: the statements in flight (pgjit.gateway.statements)
         # and where their records go. Every message the server answers is
-        # watched, both ways, and the C core is not used (pgjit.gateway.reactor).
+        # watched, both ways; what the C core relays of them it logs for
+        # replay_log (pgjit.gateway.reactor).
         self.recorder = recorder
         self.queue: StatementQueue | None = None
         self._s_watch = _BACKEND_WATCH
         self.last_refusal: tuple[str, str] = ("deny", "default")
+        self._audit_error = ""
         self._c_watch_base = self._c_watch  # what the C core is told (it logs the rest, replay_log)
         if recorder is not None:
             self.queue = StatementQueue()
@@ -536,10 +538,12 @@ class Relay:
         full): the statement must not run."""
         assert self.recorder is not None
         try:
-            self.recorder.statement(st)
+            # A refusal is recorded whatever the buffer holds: nothing runs,
+            # and who tried what is what an audit is for.
+            self.recorder.statement(st, force=refused)
         except Exception as e:  # AuditUnavailable, or anything else: fail closed
             if refused:
-                return True  # refused anyway; nothing runs
+                return True
             self._audit_error = str(e)
             st.outcome, st.decision = "refused", "unrecorded"
             return False
@@ -548,10 +552,10 @@ class Relay:
     def _unrecorded(self, st: Statement) -> PgjitError:
         from pgjit.errors import AuditUnavailableError
 
-        log.warning("statement refused: audit trail unavailable", extra={"session": self.session_id, "error": getattr(self, "_audit_error", "")})
+        log.warning("statement refused: audit trail unavailable", extra={"session": self.session_id, "error": self._audit_error})
         return AuditUnavailableError(
             "pgjit cannot record this statement, so it did not run: the audit store is unreachable and its buffer is full",
-            detail=getattr(self, "_audit_error", None),
+            detail=self._audit_error or None,
             hint="retry when the audit store is back (audit.on_store_failure: fail_closed)",
         )
 
