@@ -303,14 +303,7 @@ def test_reads_of_many_relays_in_one_batch_stay_apart(use_core, sizes, cuts):
     pairs = []
     try:
         for i, row_sizes in enumerate(sizes):
-            c_app, c_gw = socket.socketpair()
-            u_gw, u_app = socket.socketpair()
-            for s in (c_app, u_app):
-                s.setblocking(False)
-            client_t, up_t = SocketTransport(c_gw), SocketTransport(u_gw)
-            session = Session(_Gateway(), client_t, None)
-            session.phase = Phase.RELAY
-            relay = reactor.attach(session, client_t, up_t)
+            relay, (c_app, c_gw, u_gw, u_app) = _pair(reactor)
             fill = bytes([65 + i])
             stream = b"".join(frame(b"D", b"\0\1" + struct.pack("!i", n) + fill * n) for n in row_sizes)
             stream += frame(b"C", b"SELECT %d\0" % len(row_sizes)) + frame(b"Z", b"I")

@@ -242,25 +242,29 @@ def _short(e: BaseException) -> str:
 
 
 def _views(args: Any):  # type: ignore[no-untyped-def]
+    """The recorded sessions of the store the arguments name; None (the
+    reason printed) when it cannot be read."""
     from pgjit.audit.sessions import gather
     from pgjit.audit.store import Store
 
-    store = Store(args.url)
+    if _need_url(args) is None:
+        return None
     try:
-        return gather(store.records(kinds=("session_start", "session_end", "statement", "statement_result")))
-    finally:
-        store.close()
+        store = Store(args.url)
+        try:
+            return gather(store.records(kinds=("session_start", "session_end", "statement", "statement_result")))
+        finally:
+            store.close()
+    except Exception as e:  # noqa: BLE001
+        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        return None
 
 
 def _cmd_sessions_list(args: Any) -> int:
     from pgjit.audit.sessions import print_list, select
 
-    if _need_url(args) is None:
-        return 2
-    try:
-        views = _views(args)
-    except Exception as e:  # noqa: BLE001
-        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+    views = _views(args)
+    if views is None:
         return 2
     print_list(select(views, user=args.user, target=args.target, since=args.since, denied=args.denied), sys.stdout)
     return 0
@@ -269,12 +273,8 @@ def _cmd_sessions_list(args: Any) -> int:
 def _cmd_sessions_show(args: Any) -> int:
     from pgjit.audit.sessions import print_timeline
 
-    if _need_url(args) is None:
-        return 2
-    try:
-        views = _views(args)
-    except Exception as e:  # noqa: BLE001
-        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+    views = _views(args)
+    if views is None:
         return 2
     v = views.get(args.session_id)
     if v is None:
@@ -290,17 +290,13 @@ def cmd_replay(args: Any) -> int:
     from pgjit.policy.gate import Gate
     from pgjit.policy.model import Policy, PolicyError
 
-    if _need_url(args) is None:
-        return 2
     try:
         gate = Gate(Policy.load(args.policy_file))
     except (PolicyError, OSError) as e:
         print(f"pgjit: {e}", file=sys.stderr)
         return 2
-    try:
-        views = _views(args)
-    except Exception as e:  # noqa: BLE001
-        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+    views = _views(args)
+    if views is None:
         return 2
     chosen = select(views, target=args.target)
     decided = sum(len(v.statements) for v in chosen)
