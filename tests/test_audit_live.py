@@ -79,7 +79,7 @@ def audited(request, pg, tmp_path):
         pg.psql(f"create database {db}")
         url = pg.url(dbname=db)
         audit_store.upgrade(url)
-    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url},
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url}, api={"port": 0},
                        audit={"checkpoint_key": KEY, "checkpoint_every": 7, "sink": str(tmp_path / "sink.jsonl")})
     gw.extra["sink"] = tmp_path / "sink.jsonl"
     yield gw, url
@@ -104,6 +104,13 @@ def test_every_kind_of_statement_is_recorded_in_order(audited):
             cp.write_row([2])
         conn.execute("select count(*) from t")
     _wait_closed(gw)
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.extra['api_port']}/metrics", timeout=10) as r:
+        scraped = r.read().decode()
+    assert 'pgjit_statements_total{decision="allow"} 8.0' in scraped
+    assert 'pgjit_statements_total{decision="deny"} 1.0' in scraped
+    assert "pgjit_audit_queue_depth" in scraped
     assert gw.stop() == 0
     rows = _records(url)
     sid = _session_ids(rows)[-1]
