@@ -174,6 +174,19 @@ def _verify_chain(chain: str, by_seq: dict[int, list[dict[str, Any]]], key: byte
     report.unchecked += (expected - 1) - good_checkpoint
 
 
+#: An export line's fields, in order (docs/audit.md): what the hash covers, then the chain links.
+EXPORT_FIELDS = FIELDS + ("prev", "hash")
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], out: Any) -> int:
+    """Write records as JSON lines (the export's and the live sink's format)."""
+    n = 0
+    for r in records:
+        out.write(json.dumps({k: r.get(k) for k in EXPORT_FIELDS}, ensure_ascii=False, separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
 def iter_jsonl(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     for n, line in enumerate(lines, 1):
         line = line.strip()

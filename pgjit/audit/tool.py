@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 STORE_HELP = """\
 The audit store is an SQLAlchemy URL: sqlite:///PATH (the default kind: one
@@ -204,6 +203,7 @@ def _cmd_verify(args: Any) -> int:
 
 
 def _cmd_export(args: Any) -> int:
+    from pgjit.audit.chain import write_jsonl
     from pgjit.audit.store import Store
 
     url = _need_url(args)
@@ -223,17 +223,6 @@ def _cmd_export(args: Any) -> int:
             out.close()
     print(f"{n} records exported", file=sys.stderr)
     return 0
-
-
-EXPORT_FIELDS = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash")
-
-
-def write_jsonl(records: Iterable[dict[str, Any]], out: Any) -> int:
-    n = 0
-    for r in records:
-        out.write(json.dumps({k: r.get(k) for k in EXPORT_FIELDS}, ensure_ascii=False, separators=(",", ":")) + "\n")
-        n += 1
-    return n
 
 
 def _short(e: BaseException) -> str:

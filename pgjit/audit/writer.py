@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pgjit.audit.chain import Chainer
+from pgjit.audit.chain import Chainer, write_jsonl
 
 log = logging.getLogger("pgjit.audit.writer")
 
@@ -170,14 +170,10 @@ class Writer:
             self._inflight = []
 
     def _to_sink(self, rows: list[dict[str, Any]]) -> None:
-        import json
-
         try:
             if self._sink_file is None:
                 self._sink_file = open(self.sink, "a", encoding="utf-8")  # type: ignore[arg-type]
-            fields = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash")
-            self._sink_file.write("".join(json.dumps({k: r.get(k) for k in fields}, ensure_ascii=False,
-                                                     separators=(",", ":")) + "\n" for r in rows))
+            write_jsonl(rows, self._sink_file)
             self._sink_file.flush()
         except OSError as e:  # the store has the records; the copy is best effort
             log.warning("audit sink write failed", extra={"sink": self.sink, "error": str(e)})
