@@ -70,6 +70,7 @@ HOST = "127.0.0.1"
 MAX_MESSAGE = 1 << 20  # the gateway's limits.max_message_size here
 STARTUP_TIMEOUT = 1.0
 AUTH_TIMEOUT = 5.0  # logins of the fuzz clients, 64 Python threads on two cores, must fit (1 s did not, once in 100,000)
+PRELOGIN_AUTH_TIMEOUT = 1.0  # the pre-login fuzzers' gateways: their stalled sessions wait this long, not 5 s
 IO_TIMEOUT = 10.0  # bound on any single socket operation
 QUIET = 0.3  # "the gateway has nothing more to say" after this long
 
@@ -117,6 +118,7 @@ class Rig:
     pg: Any
     gw: Any
     tls_gw: Any
+    pre_gw: Any  # plain, for the pre-login fuzzer: the short auth timeout
     tmp: Path
     markers: set[bytes] = field(default_factory=set)
     baseline: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class Rig:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def gateways(self) -> dict[str, Any]:
-        return {"plain": self.gw, "tls": self.tls_gw}
+        return {"plain": self.gw, "tls": self.tls_gw, "prelogin": self.pre_gw}
 
     def sample(self) -> None:
         for name, g in self.gateways().items():
@@ -185,14 +187,17 @@ def rig(tmp_path_factory):
         common = dict(
             targets={"appdb": {"host": HOST, "port": cluster.port, "database": "appdb", "user": "app",
                                "password": "apppass", "policy": str(policy)}},
-            timeouts={"startup": STARTUP_TIMEOUT, "auth": AUTH_TIMEOUT, "upstream_connect": 5, "shutdown_grace": 2},
             limits={"max_message_size": MAX_MESSAGE},
         )
-        gw = start_gateway(tmp / "gw", cluster, **common)
+        timeouts = {"startup": STARTUP_TIMEOUT, "auth": AUTH_TIMEOUT, "upstream_connect": 5, "shutdown_grace": 2}
+        short = dict(timeouts, auth=PRELOGIN_AUTH_TIMEOUT)
+        gw = start_gateway(tmp / "gw", cluster, timeouts=timeouts, **common)
         gws.append(gw)
-        tls_gw = start_gateway(tmp / "gw-tls", cluster, tls=_tls_files(tmp), **common)
+        tls_gw = start_gateway(tmp / "gw-tls", cluster, tls=_tls_files(tmp), timeouts=short, **common)
         gws.append(tls_gw)
-        r = Rig(cluster, gw, tls_gw, tmp)
+        pre_gw = start_gateway(tmp / "gw-pre", cluster, timeouts=short, **common)
+        gws.append(pre_gw)
+        r = Rig(cluster, gw, tls_gw, pre_gw, tmp)
         # Warm up (first connections load the catalog), then take the baseline.
         for g in gws:
             assert fresh_select_1(g.port), "the gateway does not answer a plain client"
@@ -902,7 +907,7 @@ def prelogin_stream(draw) -> list[bytes]:
 
 
 def run_prelogin(rig: Rig, pieces: list[bytes], tls: bool, plan, notes: list[str]) -> tuple[list[bytes], bytes]:
-    g = rig.tls_gw if tls else rig.gw
+    g = rig.tls_gw if tls else rig.pre_gw
     stream = b"".join(pieces)
     notes.append(f"gateway: {'tls' if tls else 'plain'}; stream: {stream[:2000]!r}{' ...' if len(stream) > 2000 else ''} ({len(stream)} bytes)")
     s = Session(g.port)
@@ -911,7 +916,7 @@ def run_prelogin(rig: Rig, pieces: list[bytes], tls: bool, plan, notes: list[str
         rig.sample()
         # Whatever was sent, the session must end within the startup and auth
         # timeouts, unless it is logged in, which ends it with Terminate.
-        limit = STARTUP_TIMEOUT + AUTH_TIMEOUT + 5
+        limit = STARTUP_TIMEOUT + PRELOGIN_AUTH_TIMEOUT + 5
         deadline = time.monotonic() + limit
         while not s.eof and time.monotonic() < deadline:
             s.drain(wait=0.2)
