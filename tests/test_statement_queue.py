@@ -95,7 +95,7 @@ def send(client: RawClient, queue: StatementQueue, units) -> int:
                 msgs.append(m.Describe(b"P", portal))
                 queue.describe()
             msgs.append(m.Execute(portal, limit))
-            queue.execute(portal)
+            queue.execute(portal, limit)
         msgs.append(m.Sync())
         queue.sync()
         owed += 1

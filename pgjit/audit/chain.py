@@ -41,9 +41,60 @@ GENESIS = "0" * 64
 FIELDS = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body")
 
 
+_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_encode_str = json.encoder.encode_basestring  # what _encoder does with a str (C)
+
+
+def _make_encode():  # type: ignore[no-untyped-def]
+    """``_encoder.encode``, minus the encoder object JSONEncoder.iterencode
+    builds on every call: the C encoder made once (same output; CPython's
+    json.encoder.c_make_encoder), else the plain method."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - no C accelerator
+        return _encoder.encode
+    enc = _encoder
+    c = make(None, enc.default, _encode_str, None, enc.key_separator, enc.item_separator, True, False, True)
+    join = "".join
+
+    def encode(o: Any) -> str:
+        return join(c(o, 0))
+
+    return encode
+
+
+_encode = _make_encode()
+
+
 def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps({k: record.get(k) for k in FIELDS}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    """The reference form (verify, exports): FIELDS as sorted-key JSON."""
+    return _encode({k: record.get(k) for k in FIELDS}).encode("utf-8")
+
+
+def body_json(body: Any) -> str:
+    """A record's body as canonical JSON: what the store keeps and what the
+    record's hash covers."""
+    return _encode(body)
+
+
+def _js(v: Any) -> str:
+    if v is None:
+        return "null"
+    t = type(v)
+    if t is str:
+        return _encode_str(v)
+    if t is int:
+        return int.__repr__(v)
+    return _encode(v)
+
+
+def canonical_with(record: dict[str, Any], body: str) -> bytes:
+    """``canonical(record)`` built around its body's JSON, made once (the
+    writer's path: the store keeps the same text). The keys in sorted
+    order: at, body, chain, decision, kind, person, seq, session_id, target."""
+    return (f'{{"at":{_js(record.get("at"))},"body":{body},"chain":{_js(record.get("chain"))},'
+            f'"decision":{_js(record.get("decision"))},"kind":{_js(record.get("kind"))},'
+            f'"person":{_js(record.get("person"))},"seq":{_js(record.get("seq"))},'
+            f'"session_id":{_js(record.get("session_id"))},"target":{_js(record.get("target"))}}}').encode("utf-8")
 
 
 def link(prev: str, record: dict[str, Any]) -> str:
@@ -62,12 +113,18 @@ class Chainer:
         self.chain = chain
         self.seq = 0
         self.last = GENESIS
+        self._last = bytes(32)
 
     def seal(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Number and hash ``record``; its body's canonical JSON is left in
+        ``record["body_json"]`` for the store."""
         self.seq += 1
         record["chain"], record["seq"] = self.chain, self.seq
         record["prev"] = self.last
-        record["hash"] = self.last = link(self.last, record)
+        body = record["body_json"] = _encode(record.get("body"))
+        digest = hashlib.sha256(self._last + canonical_with(record, body))
+        self._last = digest.digest()
+        record["hash"] = self.last = digest.hexdigest()
         return record
 
     def checkpoint(self, key: bytes, at: str, *, final: bool = False) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def gather(records: Iterable[dict[str, Any]]) -> dict[str, SessionView]:
             v.end = r
         elif kind == "statement":
             v.statements[int(body.get("seq", 0))] = r
+            if "outcome" in body:  # the writer merged its result into it
+                v.results[int(body.get("seq", 0))] = r
         else:
             v.results[int(body.get("seq", 0))] = r
     return out

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pgjit.audit.chain import body_json
+
 metadata = sa.MetaData()
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
@@ -34,7 +36,6 @@ records = sa.Table(
     sa.Column("body", sa.Text, nullable=False),  # canonical JSON
     sa.Column("prev", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
-    sa.Index("audit_records_chain_seq", "chain", "seq"),
     sa.Index("audit_records_session", "session_id", "seq"),
     sa.Index("audit_records_at", "at"),
 )
@@ -112,6 +113,7 @@ class Store:
     def __init__(self, url: str, *, check_schema: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._insert = _insert_sql(self.engine)
         if check_schema:
             self.check_schema()
 
@@ -136,11 +138,16 @@ class Store:
             return
         values = [_to_row(r) for r in rows]
         with self.engine.begin() as conn:
-            conn.execute(records.insert(), values)
+            # Straight to the driver's executemany (the statement is the one
+            # SQLAlchemy compiles for this dialect): several times cheaper
+            # per row than conn.execute(records.insert(), dicts).
+            conn.exec_driver_sql(self._insert, values)
 
     def records(self, *, chain: str | None = None, session_id: str | None = None, since: str | None = None,
                 kinds: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
-        q = sa.select(records).order_by(records.c.chain, records.c.seq, records.c.id)
+        # In the order they were written (one chain's records in sequence;
+        # several gateways' chains interleaved as they wrote them).
+        q = sa.select(records).order_by(records.c.id)
         if chain is not None:
             q = q.where(records.c.chain == chain)
         if session_id is not None:
@@ -154,10 +161,25 @@ class Store:
                 yield _from_row(row._mapping)
 
 
-def _to_row(r: dict[str, Any]) -> dict[str, Any]:
-    row = {c: r.get(c) for c in ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "prev", "hash")}
-    row["body"] = json.dumps(r.get("body"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return row
+_COLUMNS = ("chain", "seq", "kind", "at", "session_id", "person", "target", "decision", "body", "prev", "hash")
+
+
+def _to_row(r: dict[str, Any]) -> tuple[Any, ...]:
+    body = r.get("body_json")
+    if body is None:
+        body = body_json(r.get("body"))
+    return (r["chain"], r["seq"], r["kind"], r["at"], r.get("session_id"), r.get("person"), r.get("target"),
+            r.get("decision"), body, r["prev"], r["hash"])
+
+
+def _insert_sql(engine: Engine) -> str:
+    """INSERT of _COLUMNS with positional parameters in the driver's style."""
+    style = engine.dialect.paramstyle
+    marks = {"qmark": "?", "format": "%s", "numeric": None, "pyformat": "%s"}.get(style)
+    if marks is None:  # pragma: no cover - neither sqlite3 nor psycopg
+        raise StoreError(f"unsupported driver parameter style {style!r}")
+    cols = ", ".join(_COLUMNS)
+    return f"INSERT INTO audit_records ({cols}) VALUES ({', '.join([marks] * len(_COLUMNS))})"
 
 
 def _from_row(m: Any) -> dict[str, Any]:

@@ -150,7 +150,7 @@ def _cmd_upgrade(args: Any) -> int:
     if before == after:
         print(f"store is current (revision {after})")
     else:
-        print(f"store upgraded from {before or '(empty)'} to revision {after}")
+        print(f"store upgraded from {'revision ' + before if before else '(empty)'} to revision {after}")
     return 0
 
 

@@ -260,8 +260,7 @@ class Channel:
             except BaseException as e:
                 self._finish(e)
                 return
-            if n == -3:  # relayed and logged, nothing else to do
-                self._sync()
+            if n == -3:  # relayed and logged, nothing else to do (the log's replay changes no flag _sync reads)
                 return
         if n < 0:
             self.on_event(fd, ev)

@@ -52,6 +52,7 @@ from pgjit.gateway.statements import Statement, StatementQueue
 log = logging.getLogger("pgjit.gateway.relay")
 
 _U32 = struct.Struct("!I")
+_I32 = struct.Struct("!i")
 _clock = time.perf_counter
 _GATE_SECONDS = metrics.GATE_SECONDS
 
@@ -515,7 +516,7 @@ class Relay:
         queue = self.queue
         assert queue is not None
         if tag == F_EXECUTE:
-            st = queue.execute(_cstr_at(buf, start + 5, stop), size=stop - start)
+            st = queue.execute(*_execute_args(buf, start + 5, stop), size=stop - start)
             if not self._record(st):
                 return self._refuse(self._unrecorded(st), sync=False)
         elif tag == F_SYNC:
@@ -576,7 +577,7 @@ class Relay:
                 if tag == F_QUERY:
                     recorder.statement(queue.query(data[pos + 6 : stop - 1], size=stop - pos - 1), force=True)
                 elif tag == F_EXECUTE:
-                    recorder.statement(queue.execute(_cstr_at(data, pos + 6, stop), size=stop - pos - 1), force=True)
+                    recorder.statement(queue.execute(*_execute_args(data, pos + 6, stop), size=stop - pos - 1), force=True)
                 elif tag == F_PARSE:
                     queue.parse(*_lenient_name_and_query(data, pos + 6, stop))
                 else:
@@ -863,6 +864,14 @@ def _find0(buf, pos: int, stop: int) -> int:  # type: ignore[no-untyped-def]
 
 def _cstr_at(buf, pos: int, stop: int) -> str:  # type: ignore[no-untyped-def]
     return bytes(buf[pos : _find0(buf, pos, stop)]).decode("utf-8", "surrogateescape")
+
+
+def _execute_args(buf, pos: int, stop: int) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """An Execute body's portal name and row limit (0, its default, when the
+    frame is too short to hold one: the server rejects such a frame)."""
+    end = _find0(buf, pos, stop)
+    max_rows = _I32.unpack_from(buf, end + 1)[0] if end + 5 <= stop else 0
+    return bytes(buf[pos:end]).decode("utf-8", "surrogateescape"), max(max_rows, 0)
 
 
 def _lenient_name_and_query(buf, pos: int, stop: int) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]

@@ -16,10 +16,12 @@ the entry at its head:
 
     ParseComplete '1'  Parse       BindComplete '2'  Bind
     CloseComplete '3'  Close       NoData 'n', RowDescription 'T'  Describe
-    DataRow 'D'        counted on the statement at the head
+    DataRow 'D'        counted on the statement at the head, when fed
+                       (the relays do not: tags give the rows)
     CommandComplete 'C', EmptyQueryResponse 'I', PortalSuspended 's'
                        an Execute finishes; a Query collects the tag (a
-                       Query may hold several statements)
+                       Query may hold several statements); a suspended
+                       Execute returned its row limit's worth of rows
     CopyInResponse 'G', CopyOutResponse 'H', CopyBothResponse 'W'
                        the statement at the head is a COPY
     ErrorResponse 'E'  the statement it belongs to fails; in the extended
@@ -66,6 +68,7 @@ class Statement:
     bytes_in: int = 0  # the client bytes it arrived in
     ended: float | None = None
     parameters: list[str | None] | None = None  # bind values, when the audit records them
+    max_rows: int = 0  # an Execute's row limit (0: none)
 
     @property
     def rows(self) -> int | None:
@@ -149,9 +152,10 @@ class StatementQueue:
     def close(self) -> None:
         self._q.append((C, None))
 
-    def execute(self, portal: str, *, size: int = 0) -> Statement:
+    def execute(self, portal: str, max_rows: int = 0, *, size: int = 0) -> Statement:
         st = self._new("extended", self._portals.get(portal, b""), "allow", None, size)
         st.parameters = self._params.get(portal)
+        st.max_rows = max_rows
         self._q.append((E, st))
         return st
 
@@ -178,6 +182,7 @@ class StatementQueue:
 
     # ------------------------------------------------------------ server side
 
+
     def server(self, tag: int, body: bytes | bytearray | memoryview) -> list[Statement]:
         """One backend message; returns the statements it finished."""
         q = self._q
@@ -194,7 +199,12 @@ class StatementQueue:
                 if t == "C":
                     st.tags.append(_cstr(body))
                 if kind == E:
-                    st.outcome = "suspended" if t == "s" else "ok"
+                    if t == "s":
+                        # PortalSuspended: the Execute returned its row limit's worth
+                        # (no tag says how many; the DataRows are not counted one by one).
+                        st.outcome, st.rows_seen = "suspended", st.max_rows
+                    else:
+                        st.outcome = "ok"
                     self._finish(st, done)
                     q.popleft()
         elif t == "Z":

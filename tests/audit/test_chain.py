@@ -166,3 +166,41 @@ def test_the_records_layer_imports_neither_trio_nor_the_wire_codec():
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_json = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                     max_leaves=12)
+
+
+@given(record=st.fixed_dictionaries({k: st.none() | st.text() for k in ("at", "session_id", "person", "target", "decision", "kind")}),
+       body=_json, seq=st.integers(min_value=1, max_value=2**62))
+@settings(max_examples=300, deadline=None)
+def test_the_writers_canonical_form_is_the_reference_one(record, body, seq):
+    """Chainer.seal hashes canonical_with (the body's JSON made once, spliced
+    in); verify and exports hash canonical (json.dumps of the whole record).
+    They must give the same bytes for any record, or every record of a
+    chain would verify as edited."""
+    import hashlib
+
+    from pgjit.audit.chain import GENESIS, canonical, canonical_with, link
+
+    r = dict(record, body=body)
+    ch = Chainer("c" * 32)
+    ch.seq = seq - 1
+    sealed = ch.seal(r)
+    assert canonical_with(sealed, sealed["body_json"]) == canonical(sealed)
+    assert sealed["hash"] == link(GENESIS, sealed) == hashlib.sha256(bytes(32) + canonical(sealed)).hexdigest()
+
+
+@given(t=st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+@settings(max_examples=300, deadline=None)
+def test_fast_timestamps_match_strftime(t):
+    from datetime import datetime, timezone
+
+    from pgjit.audit.writer import iso_utc
+
+    s = int(t)
+    us = int((t - s) * 1_000_000)
+    want = datetime.fromtimestamp(s, timezone.utc).replace(microsecond=us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert iso_utc(t) == want

@@ -53,9 +53,37 @@ def _sql(url: str, statement: str, **params) -> None:
 def test_upgrade_creates_and_then_leaves_alone(store_url):
     out = _cli("store", "upgrade", "--url", store_url)
     assert out.returncode == 0, out.stderr
-    assert "upgraded from (empty) to revision 0001" in out.stdout
+    assert "upgraded from (empty) to revision 0002" in out.stdout
     out = _cli("store", "upgrade", "--url", store_url)
-    assert out.returncode == 0 and "store is current (revision 0001)" in out.stdout
+    assert out.returncode == 0 and "store is current (revision 0002)" in out.stdout
+
+
+def test_a_store_at_the_first_revision_upgrades_and_keeps_its_records(store_url):
+    """0001 -> 0002 (the (chain, seq) index goes): records written at 0001
+    are still there and still verify."""
+    from alembic import command
+
+    if store_url.startswith("sqlite"):
+        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = st.make_engine(store_url)
+    command.upgrade(st._alembic_config(engine), "0001")
+    assert "audit_records_chain_seq" in {i["name"] for i in sa.inspect(engine).get_indexes("audit_records")}
+    store = st.Store(store_url, check_schema=False)
+    w = Writer(store, KEY, checkpoint_every=5).start()
+    for i in range(12):
+        w.submit(_statement(i))
+    assert w.close()
+    store.close()
+    out = _cli("store", "upgrade", "--url", store_url)
+    assert out.returncode == 0, out.stderr
+    assert "upgraded from revision 0001 to revision 0002" in out.stdout, out.stdout
+    assert "audit_records_chain_seq" not in {i["name"] for i in sa.inspect(engine).get_indexes("audit_records")}
+    engine.dispose()
+    store = st.Store(store_url)
+    rows = list(store.records())
+    store.close()
+    assert len([r for r in rows if r["kind"] == "statement"]) == 12
+    assert verify(rows, KEY).ok
 
 
 def test_a_store_behind_the_schema_is_refused_with_the_fix(store_url):
