@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,11 @@ class Target:
     name: str
     port: int
     user: str
-    password: str
+    password: str | Callable[[], str]  # a callable mints a fresh one per run (an OIDC token: JIT mode)
     pid: int | None = None  # proxy process, for CPU accounting
+
+    def secret(self) -> str:
+        return self.password() if callable(self.password) else self.password
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Result:
 
 
 def run_pgbench(pgbench: str, t: Target, args: list[str], duration: float | None) -> tuple[float, int, str]:
-    env = dict(os.environ, PGPASSWORD=t.password, PGSSLMODE="disable")
+    env = dict(os.environ, PGPASSWORD=t.secret(), PGSSLMODE="disable")
     cmd = [pgbench, "-h", "127.0.0.1", "-p", str(t.port), "-U", t.user, "-n", *args]
     if duration:
         cmd += ["-T", str(int(duration))]
@@ -158,10 +162,10 @@ def connect_latency(dsn_for, n: int) -> list[float]:
     return out
 
 
-def jit_section(workdir: Path, pg: PgCluster, direct: Target, static_port: int, n: int) -> None:
-    """JIT connect latency: token verification + CREATE ROLE + SCRAM login as
-    the new role, against a direct login and pgjit with a static credential."""
-    from pgjit.identity.devissuer import init_issuer, mint_token
+def jit_setup(workdir: Path, pg: PgCluster) -> dict:
+    """The cluster's setup for JIT mode (pgjit.jit.setupsql) and a dev
+    issuer; returns the gateway's oidc section (its key: issuer_dir/signing-key.pem)."""
+    from pgjit.identity.devissuer import init_issuer
     from pgjit.jit import setupsql
 
     for tag, db in (("cluster", "postgres"), ("appdb", "appdb")) + ((("pg16", "postgres"),) if pg.version >= 16 else ()):
@@ -173,24 +177,28 @@ def jit_section(workdir: Path, pg: PgCluster, direct: Target, static_port: int, 
     pg.execute("ALTER ROLE pgjit_admin PASSWORD 'adminpass'")
     issuer_dir = workdir / "issuer"
     init_issuer(issuer_dir, issuer="http://127.0.0.1/dev-issuer")
-    proc, port = start_pgjit(
-        workdir, pg, "pgjit-oidc",
-        target={"user": "pgjit_admin", "password": "adminpass", "policy": str(REPO / "policies" / "default.yaml"),
-                "jit": {"owner_role": "pgjit_owner"}},
-        oidc={"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
-              "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True},
-    )
+    return {"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
+            "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True}
+
+
+#: A JIT target: pgjit logs in as pgjit_admin and makes each session's role.
+JIT_TARGET = {"user": "pgjit_admin", "password": "adminpass", "jit": {"owner_role": "pgjit_owner"}}
+
+
+def jit_section(workdir: Path, pg: PgCluster, direct: Target, static_port: int, n: int, oidc: dict) -> None:
+    """JIT connect latency: token verification + CREATE ROLE + SCRAM login as
+    the new role, against a direct login and pgjit with a static credential."""
+    from pgjit.identity.devissuer import mint_token
+
+    proc, port = start_pgjit(workdir, pg, "pgjit-oidc",
+                             target=dict(JIT_TARGET, policy=str(REPO / "policies" / "default.yaml")), oidc=oidc)
     # The same with an owner role (policies/examples/migrations.yaml: the
     # role is also made a member of app_migrator and set to it at login).
     owner_proc, owner_port = start_pgjit(
         workdir, pg, "pgjit-oidc-owner",
-        target={"user": "pgjit_admin", "password": "adminpass",
-                "policy": str(REPO / "policies" / "examples" / "migrations.yaml"), "jit": {"owner_role": "pgjit_owner"}},
-        oidc={"issuer": "http://127.0.0.1/dev-issuer", "audience": "pgjit",
-              "jwks_file": str(issuer_dir / "jwks.json"), "allow_insecure_loopback": True},
-    )
+        target=dict(JIT_TARGET, policy=str(REPO / "policies" / "examples" / "migrations.yaml")), oidc=oidc)
     try:
-        key = issuer_dir / "signing-key.pem"
+        key = workdir / "issuer" / "signing-key.pem"
 
         def token_dsn(port: int = port, groups: tuple[str, ...] = ("analysts",)) -> str:
             tok = mint_token(key, "alice@example.com", list(groups), 600)
@@ -350,13 +358,22 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(jproc)
         gproc, gport = start_pgjit(workdir, pg, "pgjit-gated", target={"policy": str(REPO / "policies" / "default.yaml")})
         procs.append(gproc)
-        # The same, with the audit trail on (SQLite store in the work directory).
-        aproc, aport = start_pgjit(workdir, pg, "pgjit-audited", target={"policy": str(REPO / "policies" / "default.yaml")},
+        # JIT mode (an OIDC token as the password, a role made for each
+        # session), the default policy and the audit trail on (SQLite store
+        # in the work directory): what the audit's targets are measured on.
+        from pgjit.identity.devissuer import mint_token
+
+        oidc = jit_setup(workdir, pg)
+        aproc, aport = start_pgjit(workdir, pg, "pgjit-jit-audited", oidc=oidc,
+                                   target=dict(JIT_TARGET, policy=str(REPO / "policies" / "default.yaml")),
                                    extra={"store": {"url": f"sqlite:///{workdir / 'audit' / 'audit.db'}"},
                                           "audit": {"checkpoint_key": "bench-checkpoint-key-0123456789"}})
         procs.append(aproc)
+        token_key = workdir / "issuer" / "signing-key.pem"
         targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid),
-                   Target("pgjit+gate", gport, "alice", "x", gproc.pid), Target("pgjit+audit", aport, "alice", "x", aproc.pid)]
+                   Target("pgjit+gate", gport, "alice", "x", gproc.pid),
+                   Target("jit+audit", aport, "alice@example.com",
+                          lambda: mint_token(token_key, "alice@example.com", ["analysts"], 900), aproc.pid)]
 
         big = workdir / "big.sql"
         big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")
@@ -379,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         rows_1m = args.scale * 100_000
         for name, (wargs, duration) in workloads.items():
             # The default policy is read-only: TPC-B's writes are refused by design.
-            wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name in ("pgjit+gate", "pgjit+audit"))]
+            wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name in ("pgjit+gate", "jit+audit"))]
             results = {t.name: Result() for t in wtargets}
             for _ in range(args.rounds):
                 for t in wtargets:
@@ -393,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'target':<10} {unit:>11} {'ratio':>8} {'proxy CPU us/txn':>17}")
             for t in wtargets:
                 print(fmt_row(t.name, results[t.name], direct_tps))
+            med = {t.name: statistics.median(results[t.name].tps) for t in wtargets}
+            if "jit+audit" in med and "pgjit+gate" in med and "pgbouncer" in med:
+                # The audit trail's targets (issue 11): <= 10 % of TPS against the gate
+                # alone, >= 0.85x PgBouncer on -S simple.
+                print(f"  audit costs {(1 - med['jit+audit'] / med['pgjit+gate']) * 100:.1f} % of TPS against pgjit+gate; "
+                      f"jit+audit = {med['jit+audit'] / med['pgbouncer']:.2f}x pgbouncer")
             if name == "latency-1client":
                 base_us = 1e6 / direct_tps
                 for t in wtargets[1:]:
@@ -403,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                     rps = statistics.median(results[t.name].tps) * rows_1m
                     print(f"  {t.name:<10} {rps:>14,.0f} rows/s")
         if not args.only or "connect" in args.only.split(","):
-            jit_section(workdir, pg, direct, jport, args.connects)
+            jit_section(workdir, pg, direct, jport, args.connects, oidc)
         if not args.only or "gate" in args.only.split(","):
             gate_section()
         if not args.only or "catalog" in args.only.split(","):
