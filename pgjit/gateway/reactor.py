@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import socket
+import time
 import traceback
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -57,8 +58,13 @@ _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
 # Events handled per wakeup before yielding to the rest of trio.
 _BATCH = 256
-# Polls in a row, while each finds events, before trio runs other tasks.
+# Polls in a row, while each finds events, before trio runs other tasks
+# (the Python relay; the C core's reactor slices by time instead).
 _SPINS = 16
+# How long the reactor relays (and waits for events in C) before trio runs
+# its other tasks again: the most a login, a TLS session or a timer waits
+# for the plain-TCP sessions' traffic.
+_SLICE_NS = 500_000
 
 _C_MASKS: dict[tuple[frozenset[int], frozenset[int], bool], bytes] = {}
 _Q, _P = b"Q"[0], b"P"[0]
@@ -493,14 +499,33 @@ class Reactor:
 
     async def run(self) -> None:
         poll = self.poll
+        epfd = self._epfd
+        wait = _relaycore.wait_ready if self.use_core and _relaycore is not None else None
+        now = time.perf_counter_ns
         try:
             while True:
-                await trio.lowlevel.wait_readable(self._epfd)
-                # While events keep coming, poll again before going back to
-                # trio: a reply has often arrived by the time a batch is
-                # done, and a trio wakeup costs more than an empty poll.
-                for _ in range(_SPINS):
+                await trio.lowlevel.wait_readable(epfd)
+                if wait is None:
+                    # While events keep coming, poll again before going back to
+                    # trio: a reply has often arrived by the time a batch is
+                    # done, and a trio wakeup costs more than an empty poll.
+                    for _ in range(_SPINS):
+                        if not poll():
+                            break
+                    continue
+                # A slice of relaying without trio: pump what is ready and,
+                # when nothing is, wait for the next event in C with the GIL
+                # released (a reply is usually some tens of microseconds
+                # away), until the slice is over; then trio runs its other
+                # tasks (logins, TLS sessions, timers), which wait at most
+                # this long.
+                end = now() + _SLICE_NS
+                while True:
                     if not poll():
+                        left = (end - now()) // 1000
+                        if left <= 0 or not wait(epfd, left):
+                            break
+                    elif now() >= end:
                         break
         finally:
             for relay in list(self._relays.values()):
