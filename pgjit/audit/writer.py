@@ -55,6 +55,26 @@ def iso_utc(t: float) -> str:
 RESULT_FIELDS = ("outcome", "rows", "sqlstate", "duration_ms")
 
 
+class Deferred:
+    """A record the writer's thread builds (``make(*args)`` -> the record
+    dict) when it takes it, so that the relay's thread only queues it: the
+    text's decoding, fingerprint and normalising happen off the hot path.
+    ``args`` must hold what the record says as of now (a copy of anything
+    that may change later); ``at`` is the time it was queued."""
+
+    __slots__ = ("make", "args", "at")
+
+    def __init__(self, make: Callable[..., dict[str, Any]], *args: Any) -> None:
+        self.make = make
+        self.args = args
+        self.at = time.time()
+
+    def build(self) -> dict[str, Any]:
+        record = self.make(*self.args)
+        record["at"] = self.at
+        return record
+
+
 class Writer:
     def __init__(
         self,
@@ -79,7 +99,7 @@ class Writer:
         self.checkpoint_seconds = checkpoint_seconds
         self.retry_max = retry_max
         self.clock = clock
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[dict[str, Any] | Deferred] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -110,17 +130,17 @@ class Writer:
         self._thread.start()
         return self
 
-    def submit(self, record: dict[str, Any], *, force: bool = False) -> None:
+    def submit(self, record: dict[str, Any] | Deferred, *, force: bool = False) -> None:
         """Queue one record (a dict with kind, session_id, person, target,
-        decision, body; ``at`` is filled in when absent). Raises
-        AuditUnavailable when the buffer is full, unless ``force`` (the
-        outcome of something that already happened: it must not be lost)."""
+        decision, body; ``at`` is filled in when absent), or a Deferred one.
+        Raises AuditUnavailable when the buffer is full, unless ``force``
+        (the outcome of something that already happened: it must not be lost)."""
         if not force and len(self._queue) >= self.capacity:
             raise AuditUnavailable(
                 f"the audit store cannot be written ({self.last_error or 'writes are behind'}) "
                 f"and {self.capacity} records are waiting"
             )
-        if "at" not in record:
+        if type(record) is dict and "at" not in record:
             record["at"] = time.time()  # made a string in the writer's thread (iso_utc)
         self._queue.append(record)
         if len(self._queue) >= self.batch:
@@ -211,6 +231,13 @@ class Writer:
         pending: dict[tuple[Any, Any], dict[str, Any]] = {}  # (session, seq) -> its statement record, this batch
         while q and len(taken) < self.batch:
             r = q.popleft()
+            if type(r) is not dict:
+                try:
+                    r = r.build()
+                except Exception as e:  # a bug: say so in the trail itself rather than stop writing
+                    log.exception("an audit record could not be built")
+                    r = {"kind": "record_error", "at": r.at, "session_id": None, "person": None, "target": None,
+                         "decision": None, "body": {"error": _short(e)}}
             kind = r.get("kind")
             if kind == "statement":
                 pending[(r.get("session_id"), r["body"].get("seq"))] = r

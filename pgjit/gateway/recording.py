@@ -17,7 +17,7 @@ from typing import Any
 
 from pgjit import metrics
 from pgjit.audit import records
-from pgjit.audit.writer import AuditUnavailable
+from pgjit.audit.writer import AuditUnavailable, Deferred
 from pgjit.gateway.statements import Statement
 from pgjit.policy.gate import shape_key, statement_fingerprint
 
@@ -79,12 +79,23 @@ class SessionRecorder:
         up (the relay's Python path), not after (the C core's log)."""
         return self.writer.failing
 
-    def statement(self, st: Statement, *, force: bool = False) -> None:
+    def _statement_record(self, st: Statement, protocol: str, decision: str, rule: str | None) -> dict[str, Any]:
         text, fingerprint = self._text(st)
-        record = records.statement(
-            self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=st.protocol,
-            decision=st.decision, rule=st.rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
+        return records.statement(
+            self.session_id, person=self.person, target=self.target, seq=st.seq, text=text, protocol=protocol,
+            decision=decision, rule=rule, fingerprint=fingerprint, policy_hash=self.policy_hash,
             size=st.bytes_in, parameters=st.parameters if self.bind_parameters else None)
+
+    def _result_record(self, st: Statement) -> dict[str, Any]:
+        return records.statement_result(
+            self.session_id, person=self.person, target=self.target, seq=st.seq, outcome=st.outcome,
+            rows=st.rows, sqlstate=st.sqlstate, duration=st.duration)
+
+    def statement(self, st: Statement, *, force: bool = False) -> None:
+        # Built in the writer's thread; what may change once the statement
+        # runs (the server may make it a COPY) is taken now. Its text,
+        # sequence number, size and parameters do not change.
+        record = Deferred(self._statement_record, st, st.protocol, st.decision, st.rule)
         counter = _BY_DECISION.get(st.decision)
         if counter is None:
             counter = _BY_DECISION[st.decision] = metrics.STATEMENTS.labels(st.decision)
@@ -98,6 +109,5 @@ class SessionRecorder:
             log.warning("statement runs unrecorded (audit.on_store_failure: fail_open)", extra={"session": self.session_id})
 
     def result(self, st: Statement) -> None:
-        self.writer.submit(records.statement_result(
-            self.session_id, person=self.person, target=self.target, seq=st.seq, outcome=st.outcome,
-            rows=st.rows, sqlstate=st.sqlstate, duration=st.duration), force=True)
+        """The statement finished (nothing of it changes any more)."""
+        self.writer.submit(Deferred(self._result_record, st), force=True)

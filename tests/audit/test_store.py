@@ -193,3 +193,45 @@ def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
     texts = [r["body"]["text"] for r in rows if r["kind"] == "statement"]
     assert texts == [f"select {i}" for i in range(queued)]
     assert verify(rows, KEY).ok
+
+
+def test_statement_and_result_merge_in_one_batch_and_a_broken_record_is_reported(store_url):
+    """The writer writes a statement and its result as one record when it
+    takes both in one batch, as two when the result came later; a Deferred
+    record that cannot be built becomes a record_error, and writing goes on."""
+    from pgjit.audit import records as rec
+    from pgjit.audit.sessions import gather
+    from pgjit.audit.writer import Deferred
+
+    st.upgrade(store_url)
+    store = st.Store(store_url)
+    w = Writer(store, KEY)  # not started: batches are taken by hand below
+
+    def statement(seq: int) -> dict:
+        return rec.statement("s1", person="alice", target="appdb", seq=seq, text=f"select {seq}", protocol="simple",
+                             decision="allow", rule=None, fingerprint=None, policy_hash=None, size=10)
+
+    def result(seq: int) -> dict:
+        return rec.statement_result("s1", person="alice", target="appdb", seq=seq, outcome="ok", rows=seq,
+                                    sqlstate=None, duration=0.001)
+
+    def broken() -> dict:
+        raise RuntimeError("no such field")
+
+    w.submit(Deferred(statement, 1))
+    w.submit(Deferred(result, 1))
+    w.submit(Deferred(statement, 2))
+    w.submit(Deferred(broken))
+    store.append(w._take(False))
+    w.submit(Deferred(result, 2))
+    store.append(w._take(True))
+    rows = list(store.records())
+    store.close()
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["statement", "statement", "record_error", "statement_result", "checkpoint"], kinds
+    assert rows[0]["body"]["outcome"] == "ok" and rows[0]["body"]["rows"] == 1
+    assert "outcome" not in rows[1]["body"] and rows[3]["body"]["rows"] == 2
+    assert rows[2]["body"]["error"] == "no such field"
+    view = gather(rows)["s1"]
+    assert {seq: r["body"]["rows"] for seq, r in view.results.items()} == {1: 1, 2: 2}
+    assert verify(rows, KEY).ok
