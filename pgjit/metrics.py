@@ -5,7 +5,8 @@ vocabularies, targets are the configured ones (``-`` before a session has
 one), never user names, SQL or database names supplied by clients.
 
 Most are prometheus-client's own. The few observed on the per-statement path
-(``pgjit_gate_seconds``) are :class:`FastHistogram`: a bucket count kept in a
+(``pgjit_gate_seconds``, ``pgjit_statements_total``) are :class:`FastHistogram`
+and :class:`FastCounter`: a bucket count kept in a
 plain list (the gateway's event loop is one thread), exported through a
 collector, because prometheus-client's ``Histogram.observe`` (a lock and a
 loop over the buckets, about 1.5-2.5 µs) would cost a visible share of a
@@ -19,7 +20,7 @@ import bisect
 from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 SESSIONS_TOTAL = Counter(
@@ -48,8 +49,32 @@ STATEMENTS_DENIED = Counter(
 )
 
 
-STATEMENTS = Counter(
-    "pgjit_statements_total", "Statements recorded by the audit trail, by decision", ["decision"]  # allow | deny | approval | unrecorded
+class FastCounter(Collector):
+    """A counter with one label for the hot path: ``inc(value)`` is a dict
+    update (prometheus-client's Counter takes a lock, about 1 µs). Only for
+    code on the gateway's one event-loop thread."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.counts: dict[str, int] = {}
+        REGISTRY.register(self)
+
+    def inc(self, value: str) -> None:
+        counts = self.counts
+        counts[value] = counts.get(value, 0) + 1
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation, labels=[self.label])
+        for value, n in sorted(self.counts.copy().items()):
+            family.add_metric([value], n)
+        yield family
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return []
+
+
+STATEMENTS = FastCounter(
+    "pgjit_statements_total", "Statements recorded by the audit trail, by decision", "decision"  # allow | deny | approval | unrecorded
 )
 AUDIT_UNRECORDED = Counter(
     "pgjit_audit_unrecorded_total",

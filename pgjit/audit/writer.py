@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -27,6 +28,10 @@ from typing import Any, Callable
 from pgjit.audit.chain import Chainer, write_jsonl
 
 log = logging.getLogger("pgjit.audit.writer")
+
+
+#: sys.setswitchinterval while a writer runs (see Writer.start).
+SWITCH_INTERVAL = 0.0002
 
 
 class AuditUnavailable(Exception):
@@ -126,6 +131,11 @@ class Writer:
         return len(self._queue) + len(self._inflight)
 
     def start(self) -> "Writer":
+        # The relay's thread must not wait for the GIL while this one seals
+        # and binds a batch: by default a thread that wants the GIL asks for
+        # it only after 5 ms, a stall for every session; ask after 0.2 ms.
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread = threading.Thread(target=self._run, name="pgjit-audit-writer", daemon=True)
         self._thread.start()
         return self

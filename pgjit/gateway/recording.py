@@ -22,7 +22,6 @@ from pgjit.gateway.statements import Statement
 from pgjit.policy.gate import shape_key, statement_fingerprint
 
 log = logging.getLogger("pgjit.gateway.recording")
-_BY_DECISION: dict[str, Any] = {}  # decision -> its pgjit_statements_total child
 
 
 _FINGERPRINTS: dict[bytes, str | None] = {}  # shape key -> fingerprint (bounded below)
@@ -96,10 +95,7 @@ class SessionRecorder:
         # runs (the server may make it a COPY) is taken now. Its text,
         # sequence number, size and parameters do not change.
         record = Deferred(self._statement_record, st, st.protocol, st.decision, st.rule)
-        counter = _BY_DECISION.get(st.decision)
-        if counter is None:
-            counter = _BY_DECISION[st.decision] = metrics.STATEMENTS.labels(st.decision)
-        counter.inc()
+        metrics.STATEMENTS.inc(st.decision)
         try:
             self.writer.submit(record, force=force)
         except AuditUnavailable:

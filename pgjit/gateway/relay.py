@@ -583,7 +583,7 @@ class Relay:
                 else:
                     self._track(tag, data, pos + 1, stop)
             else:
-                for st in queue.server(tag, data[pos + 6 : stop]):
+                for st in queue.server(tag, data[pos + 6 : stop] if tag in _BODY_NEEDED else b""):
                     recorder.result(st)
             pos = stop
 

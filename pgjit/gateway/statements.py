@@ -49,6 +49,11 @@ from typing import Callable
 # Client message kinds that get an answer.
 Q, P, B, D, C, E, S = "Q", "P", "B", "D", "C", "E", "S"
 
+# Backend message types, as the ints the relays see.
+_D, _T, _n, _C, _I, _s, _Z, _E = b"DTnCIsZE"
+_1, _2, _3, _G, _H, _W = b"123GHW"
+_NONE: list = []  # "finished nothing" (never appended to)
+
 # Command tags whose last number is the rows returned or affected.
 _ROW_TAGS = frozenset(("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"))
 
@@ -184,52 +189,60 @@ class StatementQueue:
 
 
     def server(self, tag: int, body: bytes | bytearray | memoryview) -> list[Statement]:
-        """One backend message; returns the statements it finished."""
+        """One backend message; returns the statements it finished. (Tags
+        compared as ints: this runs for every reply the audit sees.)"""
         q = self._q
         if not q:
-            return []
+            return _NONE
         kind, st = q[0]
-        t = chr(tag)
-        done: list[Statement] = []
-        if t == "D":
+        if tag == _D:
             if st is not None:
                 st.rows_seen += 1
-        elif t in "CIs":
-            if st is not None and kind in (Q, E):
-                if t == "C":
+            return _NONE
+        if tag == _T or tag == _n:
+            if kind == D:
+                q.popleft()
+            return _NONE  # a Query's or Execute's RowDescription changes nothing
+        if tag == _C or tag == _I or tag == _s:
+            if st is not None and (kind == Q or kind == E):
+                if tag == _C:
                     st.tags.append(_cstr(body))
                 if kind == E:
-                    if t == "s":
+                    if tag == _s:
                         # PortalSuspended: the Execute returned its row limit's worth
                         # (no tag says how many; the DataRows are not counted one by one).
                         st.outcome, st.rows_seen = "suspended", st.max_rows
                     else:
                         st.outcome = "ok"
-                    self._finish(st, done)
                     q.popleft()
-        elif t == "Z":
+                    st.ended = self.clock()
+                    return [st]
+            return _NONE
+        if tag == _Z:
             # Ends a Query, or the Sync at the head; anything before that had
             # no answer of its own (the server skipped it after an error).
+            done: list[Statement] = []
             while q:
                 kind, st = q.popleft()
                 if st is not None:
                     if st.outcome == "running":
                         st.outcome = "ok" if kind == Q else "skipped"
                     self._finish(st, done)
-                if kind in (Q, S):
+                if kind == Q or kind == S:
                     break
-        elif t == "E":
+            return done
+        if tag == _E:
+            done = []
             self._error(_sqlstate(body), done)
-        elif t == "1" and kind == P or t == "2" and kind == B or t == "3" and kind == C:
+            return done
+        if (tag == _1 and kind == P) or (tag == _2 and kind == B) or (tag == _3 and kind == C):
             q.popleft()
-        elif t in "nT" and kind == D:
-            q.popleft()
-        elif t in "GHW":
+        elif tag == _G or tag == _H or tag == _W:
             if st is not None:
                 st.protocol = "copy"
-        # Anything else (RowDescription of a Query or Execute, notices,
-        # ParameterStatus, NotificationResponse, CopyData …) changes nothing.
-        return done
+        # Anything else (notices, ParameterStatus, NotificationResponse,
+        # CopyData …) changes nothing.
+        return _NONE
 
     def _error(self, sqlstate: str, done: list[Statement]) -> None:
         q = self._q
