@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pgjit.audit import store as audit_store
 from pgjit.audit.chain import verify
+from pgjit.audit.sessions import gather
 from tests.gateway_fixtures import start_gateway
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +49,11 @@ def _records(url: str) -> list[dict]:
 
 
 def _statements(rows: list[dict], session_id: str) -> list[tuple[dict, dict | None]]:
-    stmts = {r["body"]["seq"]: r for r in rows if r["kind"] == "statement" and r["session_id"] == session_id}
-    results = {r["body"]["seq"]: r for r in rows if r["kind"] == "statement_result" and r["session_id"] == session_id}
-    # The writer writes a statement and its result as one record when both
-    # were queued in one batch (the statement's body then has the outcome).
-    return [(stmts[k], results.get(k) or (stmts[k] if "outcome" in stmts[k]["body"] else None)) for k in sorted(stmts)]
+    """(statement, result) per statement of the session, in order, read as
+    pgjit sessions reads them (the writer groups a session's statements per
+    batch and merges a result into its statement's entry when it can)."""
+    view = gather(rows)[session_id]
+    return [(view.statements[k], view.results.get(k)) for k in sorted(view.statements)]
 
 
 def _wait_closed(gw, timeout: float = 10) -> None:

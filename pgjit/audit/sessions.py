@@ -22,9 +22,30 @@ class SessionView:
         return sum(1 for s in self.statements.values() if s.get("decision") not in (None, "allow"))
 
 
+def expand(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The records, with each ``statements`` record (the writer's batch of
+    one session's statements) given as one ``statement`` record per entry
+    that holds a statement (its result's fields in its body when the writer
+    had them) and one ``statement_result`` record per entry that holds only
+    a result. Every other record as it is."""
+    for r in records:
+        if r.get("kind") != "statements":
+            yield r
+            continue
+        entries = (r.get("body") or {}).get("statements") or []
+        for e in entries:
+            if not isinstance(e, dict):
+                continue
+            body = {k: v for k, v in e.items() if k not in ("at", "decision")}
+            kind = "statement" if "text" in e else "statement_result"
+            yield {"kind": kind, "at": e.get("at"), "session_id": r.get("session_id"), "person": r.get("person"),
+                   "target": r.get("target"), "decision": e.get("decision") if kind == "statement" else None,
+                   "body": body, "chain": r.get("chain"), "seq": r.get("seq")}
+
+
 def gather(records: Iterable[dict[str, Any]]) -> dict[str, SessionView]:
     out: dict[str, SessionView] = {}
-    for r in records:
+    for r in expand(records):
         sid = r.get("session_id")
         kind = r.get("kind")
         if not sid or kind not in ("session_start", "session_end", "statement", "statement_result"):

@@ -241,7 +241,7 @@ def _views(args: Any):  # type: ignore[no-untyped-def]
     try:
         store = Store(args.url)
         try:
-            return gather(store.records(kinds=("session_start", "session_end", "statement", "statement_result")))
+            return gather(store.records(kinds=("session_start", "session_end", "statements", "statement", "statement_result")))
         finally:
             store.close()
     except Exception as e:  # noqa: BLE001

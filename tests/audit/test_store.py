@@ -21,7 +21,9 @@ from tests.audit.conftest import KEY
 
 
 def _statement(i: int, **over) -> dict:
-    rec = {"kind": "statement", "session_id": "s" + str(i % 3), "person": "alice@example.com", "target": "appdb",
+    # A record of a kind the writer takes as it is (statements it groups per
+    # session and batch: test_statements_of_a_session_are_grouped_per_batch).
+    rec = {"kind": "test_record", "session_id": "s" + str(i % 3), "person": "alice@example.com", "target": "appdb",
            "decision": "allow", "body": {"text": f"select {i}", "rows": 1, "protocol": "simple"}}
     rec.update(over)
     return rec
@@ -82,7 +84,7 @@ def test_a_store_at_the_first_revision_upgrades_and_keeps_its_records(store_url)
     store = st.Store(store_url)
     rows = list(store.records())
     store.close()
-    assert len([r for r in rows if r["kind"] == "statement"]) == 12
+    assert len([r for r in rows if r["kind"] == "test_record"]) == 12
     assert verify(rows, KEY).ok
 
 
@@ -95,7 +97,7 @@ def test_a_store_behind_the_schema_is_refused_with_the_fix(store_url):
 
 def test_written_records_come_back_in_order_and_verify(store_url, key_file):
     rows = _fill(store_url, 25, every=10)
-    statements = [r for r in rows if r["kind"] == "statement"]
+    statements = [r for r in rows if r["kind"] == "test_record"]
     assert [r["body"]["text"] for r in statements] == [f"select {i}" for i in range(25)]
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
     assert sum(r["kind"] == "checkpoint" for r in rows) == 3  # after 10, 20, and the final one
@@ -170,15 +172,16 @@ def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
         w.submit(_statement(i))
     assert w.flush(20)
     cluster.stop()
-    queued = 30
+    accepted = list(range(30))
     refused = 0
     for i in range(30, 200):
         try:
             w.submit(_statement(i))
-            queued += 1
+            accepted.append(i)  # not always contiguous: the writer may take a batch off the queue meanwhile
         except AuditUnavailable as e:
             refused += 1
             assert "cannot be written" in str(e)
+    queued = len(accepted)
     deadline = time.monotonic() + 20
     while not w.failing and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -190,48 +193,61 @@ def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
     store = st.Store(url)
     rows = list(store.records())
     store.close()
-    texts = [r["body"]["text"] for r in rows if r["kind"] == "statement"]
-    assert texts == [f"select {i}" for i in range(queued)]
+    texts = [r["body"]["text"] for r in rows if r["kind"] == "test_record"]
+    assert texts == [f"select {i}" for i in accepted]
     assert verify(rows, KEY).ok
 
 
-def test_statement_and_result_merge_in_one_batch_and_a_broken_record_is_reported(store_url):
-    """The writer writes a statement and its result as one record when it
-    takes both in one batch, as two when the result came later; a Deferred
-    record that cannot be built becomes a record_error, and writing goes on."""
+def test_statements_of_a_session_are_grouped_per_batch(store_url):
+    """The writer writes the statements of one session that it takes in one
+    batch as one ``statements`` record, a statement's result merged into its
+    entry when both came in that batch, alone in a later record when not; a
+    Deferred record that cannot be built becomes a record_error, and writing
+    goes on. pgjit.audit.sessions reads them back statement by statement."""
     from pgjit.audit import records as rec
-    from pgjit.audit.sessions import gather
+    from pgjit.audit.sessions import expand, gather
     from pgjit.audit.writer import Deferred
 
     st.upgrade(store_url)
     store = st.Store(store_url)
     w = Writer(store, KEY)  # not started: batches are taken by hand below
 
-    def statement(seq: int) -> dict:
-        return rec.statement("s1", person="alice", target="appdb", seq=seq, text=f"select {seq}", protocol="simple",
-                             decision="allow", rule=None, fingerprint=None, policy_hash=None, size=10)
+    def statement(sid: str, seq: int) -> dict:
+        return rec.statement(sid, person="alice", target="appdb", seq=seq, text=f"select {seq}", protocol="simple",
+                             decision="allow" if seq != 3 else "deny", rule=None, fingerprint=None, policy_hash=None,
+                             size=10)
 
-    def result(seq: int) -> dict:
-        return rec.statement_result("s1", person="alice", target="appdb", seq=seq, outcome="ok", rows=seq,
+    def result(sid: str, seq: int) -> dict:
+        return rec.statement_result(sid, person="alice", target="appdb", seq=seq, outcome="ok", rows=seq,
                                     sqlstate=None, duration=0.001)
 
     def broken() -> dict:
         raise RuntimeError("no such field")
 
-    w.submit(Deferred(statement, 1))
-    w.submit(Deferred(result, 1))
-    w.submit(Deferred(statement, 2))
+    w.submit(Deferred(statement, "s1", 1))
+    w.submit(Deferred(statement, "s2", 1))
+    w.submit(Deferred(result, "s1", 1))
+    w.submit(Deferred(statement, "s1", 2))
     w.submit(Deferred(broken))
+    w.submit(Deferred(statement, "s1", 3))
     store.append(w._take(False))
-    w.submit(Deferred(result, 2))
+    w.submit(Deferred(result, "s1", 2))
+    w.submit(Deferred(result, "s2", 1))
     store.append(w._take(True))
     rows = list(store.records())
     store.close()
-    kinds = [r["kind"] for r in rows]
-    assert kinds == ["statement", "statement", "record_error", "statement_result", "checkpoint"], kinds
-    assert rows[0]["body"]["outcome"] == "ok" and rows[0]["body"]["rows"] == 1
-    assert "outcome" not in rows[1]["body"] and rows[3]["body"]["rows"] == 2
+    kinds = [(r["kind"], r["session_id"]) for r in rows]
+    assert kinds == [("statements", "s1"), ("statements", "s2"), ("record_error", None), ("statements", "s1"),
+                     ("statements", "s2"), ("checkpoint", None)], kinds
+    first = rows[0]["body"]["statements"]
+    assert [(e["seq"], e.get("outcome"), e["decision"]) for e in first] == [(1, "ok", "allow"), (2, None, "allow"),
+                                                                            (3, None, "deny")]
+    assert all(e["at"].endswith("Z") for e in first)
     assert rows[2]["body"]["error"] == "no such field"
-    view = gather(rows)["s1"]
-    assert {seq: r["body"]["rows"] for seq, r in view.results.items()} == {1: 1, 2: 2}
+    flat = [(r["kind"], r["session_id"], r["body"]["seq"]) for r in expand(rows) if r["kind"].startswith("statement")]
+    assert flat == [("statement", "s1", 1), ("statement", "s1", 2), ("statement", "s1", 3), ("statement", "s2", 1),
+                    ("statement_result", "s1", 2), ("statement_result", "s2", 1)]
+    views = gather(rows)
+    assert {seq: r["body"]["rows"] for seq, r in views["s1"].results.items()} == {1: 1, 2: 2}
+    assert views["s1"].denied == 1 and views["s2"].results[1]["body"]["outcome"] == "ok"
     assert verify(rows, KEY).ok
