@@ -127,7 +127,7 @@ test: sysdeps venv
 # gateway, FUZZ_EXAMPLES examples in all (`make test` runs 150). Failures are
 # kept in .hypothesis/fuzz and replayed first; the reproducer is printed.
 FUZZ_EXAMPLES ?= 100000
-FUZZ_SWARM ?= 32
+FUZZ_SWARM ?= 64
 
 fuzz: sysdeps venv
 	PGJIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PGJIT_FUZZ_SWARM=$(FUZZ_SWARM) $(PY) -m pytest -q -s tests/fuzz --hypothesis-show-statistics $(PYTEST_ARGS)
