@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgjit.audit.chain import body_json
+from pgjit.audit.errors import short_error
 
 metadata = sa.MetaData()
 
@@ -124,7 +125,7 @@ class Store:
         try:
             have = current_revision(self.engine)
         except sa.exc.SQLAlchemyError as e:
-            raise StoreError(f"cannot reach the audit store: {_short(e)}") from None
+            raise StoreError(f"cannot reach the audit store: {short_error(e)}") from None
         want = head_revision()
         if have != want:
             raise StoreError(
@@ -189,8 +190,3 @@ def _from_row(m: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         r["body"] = m["body"]  # not JSON any more: verify names it as edited
     return r
-
-
-def _short(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgjit.audit.errors import short_error
+
 STORE_HELP = """\
 The audit store is an SQLAlchemy URL: sqlite:///PATH (the default kind: one
 file, WAL mode) or postgresql://USER:PASSWORD@HOST:PORT/DB (production, and
@@ -145,7 +147,7 @@ def _cmd_upgrade(args: Any) -> int:
     try:
         before, after = upgrade(url)
     except (StoreError, Exception) as e:  # noqa: BLE001 - a clear line, not a traceback
-        print(f"pgjit: store upgrade failed: {_short(e)}", file=sys.stderr)
+        print(f"pgjit: store upgrade failed: {short_error(e)}", file=sys.stderr)
         return 1
     if before == after:
         print(f"store is current (revision {after})")
@@ -186,7 +188,7 @@ def _cmd_verify(args: Any) -> int:
             store = Store(url)
             report = verify(store.records(), key)
     except Exception as e:  # noqa: BLE001
-        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        print(f"pgjit: cannot read the audit records: {short_error(e)}", file=sys.stderr)
         return 2
     finally:
         if store is not None:
@@ -212,7 +214,7 @@ def _cmd_export(args: Any) -> int:
     try:
         store = Store(url)
     except Exception as e:  # noqa: BLE001
-        print(f"pgjit: {_short(e)}", file=sys.stderr)
+        print(f"pgjit: {short_error(e)}", file=sys.stderr)
         return 2
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -224,10 +226,6 @@ def _cmd_export(args: Any) -> int:
     print(f"{n} records exported", file=sys.stderr)
     return 0
 
-
-def _short(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _views(args: Any):  # type: ignore[no-untyped-def]
@@ -245,7 +243,7 @@ def _views(args: Any):  # type: ignore[no-untyped-def]
         finally:
             store.close()
     except Exception as e:  # noqa: BLE001
-        print(f"pgjit: cannot read the audit records: {_short(e)}", file=sys.stderr)
+        print(f"pgjit: cannot read the audit records: {short_error(e)}", file=sys.stderr)
         return None
 
 

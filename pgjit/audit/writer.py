@@ -19,19 +19,21 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
-import sys
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pgjit.audit.chain import Chainer, write_jsonl
+from pgjit.audit.errors import short_error
 
 log = logging.getLogger("pgjit.audit.writer")
 
 
-#: sys.setswitchinterval while a writer runs (see Writer.start).
-SWITCH_INTERVAL = 0.0002
+#: Records the writer's thread handles between two offers of the GIL to the
+#: relay's thread (time.sleep(0)): without them, a relay that wants the GIL
+#: waits for the interpreter's switch interval (5 ms), every session stalled.
+YIELD_EVERY = 64
 
 
 class AuditUnavailable(Exception):
@@ -89,6 +91,7 @@ class Writer:
         chain: str | None = None,
         capacity: int = 100_000,
         batch: int = 1000,
+        interval: float = 0.05,  # how often the thread looks for records when fewer than a batch wait
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 10.0,
         retry_max: float = 5.0,
@@ -100,6 +103,7 @@ class Writer:
         self.chainer = Chainer(chain or secrets.token_hex(16))
         self.capacity = capacity
         self.batch = batch
+        self.interval = interval
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.retry_max = retry_max
@@ -131,11 +135,6 @@ class Writer:
         return len(self._queue) + len(self._inflight)
 
     def start(self) -> "Writer":
-        # The relay's thread must not wait for the GIL while this one seals
-        # and binds a batch: by default a thread that wants the GIL asks for
-        # it only after 5 ms, a stall for every session; ask after 0.2 ms.
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread = threading.Thread(target=self._run, name="pgjit-audit-writer", daemon=True)
         self._thread.start()
         return self
@@ -153,7 +152,7 @@ class Writer:
         if type(record) is dict and "at" not in record:
             record["at"] = time.time()  # made a string in the writer's thread (iso_utc)
         self._queue.append(record)
-        if len(self._queue) >= self.batch:
+        if len(self._queue) == self.batch:  # a batch's worth: wake the writer (once, not for every record after)
             with self._wake:
                 self._wake.notify()
 
@@ -186,7 +185,7 @@ class Writer:
         while True:
             with self._wake:
                 if not self._queue and not self._closing and not self._inflight:
-                    self._wake.wait(timeout=0.05)
+                    self._wake.wait(timeout=self.interval)
                 closing = self._closing
             if not self._inflight:
                 self._inflight = self._take(closing)
@@ -201,7 +200,7 @@ class Writer:
                 if self.on_error is not None:
                     self.on_error()
                 self.failing = True
-                self.last_error = _short(e)
+                self.last_error = short_error(e)
                 if self.store_errors == 1 or self.store_errors % 50 == 0:
                     log.warning("audit store write failed; retrying", extra={"error": self.last_error,
                                                                             "queued": self.depth})
@@ -248,13 +247,15 @@ class Writer:
         while q and n < self.batch:
             r = q.popleft()
             n += 1
+            if not n % YIELD_EVERY:
+                time.sleep(0)
             if type(r) is not dict:
                 try:
                     r = r.build()
                 except Exception as e:  # a bug: say so in the trail itself rather than stop writing
                     log.exception("an audit record could not be built")
                     r = {"kind": "record_error", "at": r.at, "session_id": None, "person": None, "target": None,
-                         "decision": None, "body": {"error": _short(e)}}
+                         "decision": None, "body": {"error": short_error(e)}}
             kind = r.get("kind")
             if kind != "statement" and kind != "statement_result":
                 taken.append(r)
@@ -273,7 +274,7 @@ class Writer:
                 pending[key] = entry
             entry["at"] = r["at"]
             entries = groups.get(sid)
-            if entries is None:
+            if entries is None or len(entries) >= YIELD_EVERY:  # bounded: one record is sealed holding the GIL
                 entries = groups[sid] = []
                 taken.append({"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
                               "target": r.get("target"), "decision": None, "body": {"statements": entries}})
@@ -288,6 +289,8 @@ class Writer:
                     if type(at) is float:
                         entry["at"] = iso_utc(at)
             out.append(chainer.seal(r))
+            if not len(out) % YIELD_EVERY:
+                time.sleep(0)
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 out.append(self._checkpoint())
@@ -301,8 +304,3 @@ class Writer:
         self._last_checkpoint = time.monotonic()
         record = self.chainer.checkpoint(self.key, self.clock(), final=final)
         return record
-
-
-def _short(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
