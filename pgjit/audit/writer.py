@@ -119,6 +119,7 @@ class Writer:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._inflight: list[dict[str, Any]] = []
+        self._sealing = 0  # 1 while _take has records off the queue that are not in _inflight yet
         # A live copy for a SIEM: every record the store took, as one JSON
         # line (the export's fields), appended to this file.
         self.sink = sink
@@ -131,8 +132,8 @@ class Writer:
 
     @property
     def depth(self) -> int:
-        """Records queued or being written."""
-        return len(self._queue) + len(self._inflight)
+        """Records queued or being written (a batch being sealed counts one)."""
+        return len(self._queue) + len(self._inflight) + self._sealing
 
     def start(self) -> "Writer":
         self._thread = threading.Thread(target=self._run, name="pgjit-audit-writer", daemon=True)
@@ -188,7 +189,11 @@ class Writer:
                     self._wake.wait(timeout=self.interval)
                 closing = self._closing
             if not self._inflight:
-                self._inflight = self._take(closing)
+                self._sealing = 1
+                try:
+                    self._inflight = self._take(closing)
+                finally:
+                    self._sealing = 0
             if not self._inflight:
                 if closing:
                     return
@@ -241,7 +246,8 @@ class Writer:
         q = self._queue
         chainer = self.chainer
         taken: list[dict[str, Any]] = []
-        groups: dict[Any, list[dict[str, Any]]] = {}  # session -> its entries in this batch
+        groups: dict[Any, list[dict[str, Any]]] = {}  # session -> the entries of its open record in this batch
+        groups_at: dict[Any, dict[str, Any]] = {}  # session -> that record
         pending: dict[tuple[Any, Any], dict[str, Any]] = {}  # (session, seq) -> its statement's entry, this batch
         n = 0
         while q and n < self.batch:
@@ -276,8 +282,14 @@ class Writer:
             entries = groups.get(sid)
             if entries is None or len(entries) >= YIELD_EVERY:  # bounded: one record is sealed holding the GIL
                 entries = groups[sid] = []
-                taken.append({"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
-                              "target": r.get("target"), "decision": None, "body": {"statements": entries}})
+                group = {"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
+                         "target": r.get("target"), "decision": None, "body": {"statements": entries}}
+                groups_at[sid] = group
+                taken.append(group)
+            else:
+                # A statements record's time is its last entry's, so that a
+                # query for records since T finds every record with an entry since T.
+                groups_at[sid]["at"] = r["at"]
             entries.append(entry)
         for r in taken:
             at = r["at"]
