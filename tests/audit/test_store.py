@@ -251,3 +251,30 @@ def test_statements_of_a_session_are_grouped_per_batch(store_url):
     assert {seq: r["body"]["rows"] for seq, r in views["s1"].results.items()} == {1: 1, 2: 2}
     assert views["s1"].denied == 1 and views["s2"].results[1]["body"]["outcome"] == "ok"
     assert verify(rows, KEY).ok
+
+
+def test_a_search_since_a_time_finds_every_statements_record_with_an_entry_since_then(store_url):
+    """A statements record's time is its last entry's: a record whose first
+    entry is before T and last after T is found by records(since=T)."""
+    from pgjit.audit import records as rec
+    from pgjit.audit.writer import Deferred, iso_utc
+
+    st.upgrade(store_url)
+    store = st.Store(store_url)
+    w = Writer(store, KEY)
+
+    def statement(seq: int) -> dict:
+        return rec.statement("s1", person="alice", target="appdb", seq=seq, text=f"select {seq}", protocol="simple",
+                             decision="allow", rule=None, fingerprint=None, policy_hash=None, size=10)
+
+    base = 1_800_000_000.0
+    for seq, t in ((1, base), (2, base + 5.0)):
+        d = Deferred(statement, seq)
+        d.at = t
+        w.submit(d)
+    store.append(w._take(True))
+    since = iso_utc(base + 1.0)
+    found = [r for r in store.records(since=since) if r["kind"] == "statements"]
+    store.close()
+    assert len(found) == 1 and found[0]["at"] == iso_utc(base + 5.0)
+    assert [e["at"] for e in found[0]["body"]["statements"]] == [iso_utc(base), iso_utc(base + 5.0)]
