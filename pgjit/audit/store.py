@@ -166,17 +166,18 @@ _COLUMNS = ("chain", "seq", "kind", "at", "session_id", "person", "target", "dec
 
 
 def _to_row(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A sealed record as _COLUMNS' values; the body as the JSON its hash
+    covers (Chainer.seal leaves it in body_json)."""
     body = r.get("body_json")
     if body is None:
         body = body_json(r.get("body"))
-    return (r["chain"], r["seq"], r["kind"], r["at"], r.get("session_id"), r.get("person"), r.get("target"),
-            r.get("decision"), body, r["prev"], r["hash"])
+    return tuple(body if c == "body" else r.get(c) for c in _COLUMNS)
 
 
 def _insert_sql(engine: Engine) -> str:
     """INSERT of _COLUMNS with positional parameters in the driver's style."""
     style = engine.dialect.paramstyle
-    marks = {"qmark": "?", "format": "%s", "numeric": None, "pyformat": "%s"}.get(style)
+    marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style)
     if marks is None:  # pragma: no cover - neither sqlite3 nor psycopg
         raise StoreError(f"unsupported driver parameter style {style!r}")
     cols = ", ".join(_COLUMNS)

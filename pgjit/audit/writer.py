@@ -21,7 +21,6 @@ import logging
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pgjit.audit.chain import Chainer, write_jsonl
@@ -34,27 +33,31 @@ log = logging.getLogger("pgjit.audit.writer")
 #: relay's thread (time.sleep(0)): without them, a relay that wants the GIL
 #: waits for the interpreter's switch interval (5 ms), every session stalled.
 YIELD_EVERY = 64
+#: Entries in one statements record at most: a record is sealed (its JSON
+#: made) in one go, holding the GIL that long.
+GROUP_MAX = 64
 
 
 class AuditUnavailable(Exception):
     """The record cannot be queued: the store is failing and the buffer is full."""
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 _second = [-1, ""]  # the last whole second formatted, and its text
 
 
 def iso_utc(t: float) -> str:
-    """``t`` (time.time()) as utc_now() would have written it then, at a
-    fraction of the cost (the date and time of day are made once a second)."""
+    """``t`` (time.time()) as the records' ISO 8601 UTC text with
+    microseconds (2026-12-03T10:00:00.123456Z); the date and time of day
+    are made once a second."""
     s = int(t)
     if s != _second[0]:
         _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
         _second[0] = s
     return f"{_second[1]}.{int((t - s) * 1_000_000):06d}Z"
+
+
+def utc_now() -> str:
+    return iso_utc(time.time())
 
 
 #: The fields a statement's result adds to its statement's entry when the
@@ -246,8 +249,7 @@ class Writer:
         q = self._queue
         chainer = self.chainer
         taken: list[dict[str, Any]] = []
-        groups: dict[Any, list[dict[str, Any]]] = {}  # session -> the entries of its open record in this batch
-        groups_at: dict[Any, dict[str, Any]] = {}  # session -> that record
+        groups: dict[Any, dict[str, Any]] = {}  # session -> its open statements record in this batch
         pending: dict[tuple[Any, Any], dict[str, Any]] = {}  # (session, seq) -> its statement's entry, this batch
         n = 0
         while q and n < self.batch:
@@ -279,18 +281,16 @@ class Writer:
                 entry["decision"] = r.get("decision")
                 pending[key] = entry
             entry["at"] = r["at"]
-            entries = groups.get(sid)
-            if entries is None or len(entries) >= YIELD_EVERY:  # bounded: one record is sealed holding the GIL
-                entries = groups[sid] = []
-                group = {"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
-                         "target": r.get("target"), "decision": None, "body": {"statements": entries}}
-                groups_at[sid] = group
+            group = groups.get(sid)
+            if group is None or len(group["body"]["statements"]) >= GROUP_MAX:
+                group = groups[sid] = {"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
+                                       "target": r.get("target"), "decision": None, "body": {"statements": []}}
                 taken.append(group)
             else:
                 # A statements record's time is its last entry's, so that a
                 # query for records since T finds every record with an entry since T.
-                groups_at[sid]["at"] = r["at"]
-            entries.append(entry)
+                group["at"] = r["at"]
+            group["body"]["statements"].append(entry)
         for r in taken:
             at = r["at"]
             if type(at) is float:

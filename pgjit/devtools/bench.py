@@ -18,9 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -376,12 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                                           "audit": {"checkpoint_key": "bench-checkpoint-key-0123456789"}})
         procs.append(aproc)
         token_key = workdir / "issuer" / "signing-key.pem"
+
+        def fresh_token() -> str:
+            return mint_token(token_key, "alice@example.com", ["analysts"], 900)
+
         targets = [direct, Target("pgbouncer", bport, "app", "x", bpid), Target("pgjit", jport, "alice", "x", jproc.pid),
                    Target("pgjit+gate", gport, "alice", "x", gproc.pid),
-                   Target("jit+gate", jgport, "alice@example.com",
-                          lambda: mint_token(token_key, "alice@example.com", ["analysts"], 900), jgproc.pid),
-                   Target("jit+audit", aport, "alice@example.com",
-                          lambda: mint_token(token_key, "alice@example.com", ["analysts"], 900), aproc.pid)]
+                   Target("jit+gate", jgport, "alice@example.com", fresh_token, jgproc.pid),
+                   Target("jit+audit", aport, "alice@example.com", fresh_token, aproc.pid)]
 
         big = workdir / "big.sql"
         big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")

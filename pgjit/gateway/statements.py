@@ -187,7 +187,6 @@ class StatementQueue:
 
     # ------------------------------------------------------------ server side
 
-
     def server(self, tag: int, body: bytes | bytearray | memoryview) -> list[Statement]:
         """One backend message; returns the statements it finished. (Tags
         compared as ints: this runs for every reply the audit sees.)"""
@@ -215,13 +214,14 @@ class StatementQueue:
                     else:
                         st.outcome = "ok"
                     q.popleft()
-                    st.ended = self.clock()
-                    return [st]
+                    done: list[Statement] = []
+                    self._finish(st, done)
+                    return done
             return _NONE
         if tag == _Z:
             # Ends a Query, or the Sync at the head; anything before that had
             # no answer of its own (the server skipped it after an error).
-            done: list[Statement] = []
+            done = []
             while q:
                 kind, st = q.popleft()
                 if st is not None:
