@@ -142,7 +142,9 @@ class Channel:
         # that read (Relay.from_server keeps none; _keep copies).
         self.core = None
         self._log: bytearray | None = None
-        if reactor.use_core:
+        # A masked session's every server byte goes through its masker
+        # (pgjit.masking.wire): its reads take the Python path.
+        if reactor.use_core and relay.masker is None:
             watch, count_only, max_size, backend_max = relay.relay_profile()
             gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),

@@ -48,6 +48,7 @@ from pgjit.policy.model import prepared_facts
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
 from pgjit.gateway.statements import Statement, StatementQueue
+from pgjit.masking.wire import Masker, Refused as MaskRefused
 
 log = logging.getLogger("pgjit.gateway.relay")
 
@@ -196,6 +197,7 @@ class Relay:
         groups: frozenset[str] = frozenset(),
         catalog: CatalogRefresh | None = None,
         recorder: "Recorder | None" = None,
+        masker: "Masker | None" = None,
     ) -> None:
         self.limits = limits
         self.budget = budget
@@ -250,6 +252,11 @@ class Relay:
             self.queue = StatementQueue()
             self._c_watch = self._c_watch | _AUDIT_FRONTEND
             self._s_watch = _BACKEND_WATCH | _AUDIT_BACKEND
+        # Masking (pgjit.masking.wire): told every client message the server
+        # answers; every server byte goes through it (the Python path only).
+        self.masker = masker
+        if masker is not None:
+            self._c_watch = self._c_watch | _AUDIT_FRONTEND
 
     @property
     def idle(self) -> bool:
@@ -279,7 +286,7 @@ class Relay:
         if not end:
             return None, False
         stop = False
-        if frames and self.queue is not None:
+        if frames and (self.queue is not None or self.masker is not None):
             rebuilt, stop = self._frontend_frames(data, frames, end)
             if rebuilt is not None:
                 return rebuilt, stop
@@ -336,6 +343,14 @@ class Relay:
             self._c_buffered = 0
 
     def from_server(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
+        """Bytes from the upstream -> bytes for the client (masked, for a
+        masked session: pgjit.masking.wire)."""
+        out = self._from_server(data)
+        if self.masker is not None and out:
+            return self.masker.server_bytes(out)
+        return out
+
+    def _from_server(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
         """Bytes from the upstream -> bytes for the client. Sets
         ``_s_skip`` while a large message is streaming through. ``data``
         may be a view of a receive buffer; the result may be a view of it
@@ -390,7 +405,7 @@ class Relay:
         else:
             out = b""
         tail = n - end
-        if tail >= 5 and data[end] in _STREAMABLE and _U32.unpack_from(data, end + 1)[0] + 1 - tail >= _STREAM_THRESHOLD:
+        if tail >= 5 and self.masker is None and data[end] in _STREAMABLE and _U32.unpack_from(data, end + 1)[0] + 1 - tail >= _STREAM_THRESHOLD:
             # A large row: pass what we have through now and the rest as it
             # arrives, instead of buffering it whole.
             self._s_skip = _U32.unpack_from(data, end + 1)[0] + 1 - tail
@@ -438,17 +453,18 @@ class Relay:
         out: list[bytes] = []
         seg = 0
         queue = self.queue
+        tracked = queue is not None or self.masker is not None
         for tag, start, stop in frames:
             if tag in _COUNT_ONLY:
                 self._count(tag)
-                if queue is not None and tag != F_QUERY:
+                if tracked and tag != F_QUERY:
                     replacement = self._track(tag, buf, start, stop)
                     if replacement is not None:
                         out.append(bytes(buf[seg:start]))
                         out.append(replacement)
                         seg = stop
                     continue
-                if tag != F_QUERY or (self.gate is None and queue is None):
+                if tag != F_QUERY or (self.gate is None and not tracked):
                     continue
             if tag not in _FRONTEND_KNOWN:
                 raise ProtocolViolation(f"invalid frontend message type {tag}")
@@ -471,7 +487,7 @@ class Relay:
                 elif queue is not None:
                     st = queue.query(text, size=stop - start)
                     if not self._record(st):
-                        replacement = self._refuse(self._unrecorded(st))
+                        replacement = self._refuse(self._unrecorded(st), replaces=True)
             elif tag == F_PARSE:
                 # Gated: a Parse that cannot be read is refused (08P01). Only
                 # recorded: the server judges it, as it does unrecorded.
@@ -496,7 +512,7 @@ class Relay:
                 if queue is not None:
                     self._record(queue.query(b"<FunctionCall>", size=stop - start, decision="deny",
                                              rule="pgjit:function-call", sqlstate=error.sqlstate), refused=True)
-            elif queue is not None:
+            elif tracked:
                 replacement = self._track(tag, buf, start, stop)
             if replacement is not None:
                 out.append(bytes(buf[seg:start]))
@@ -513,24 +529,40 @@ class Relay:
         """Tell the statement queue about a client message the server will
         answer (audit on). Returns a stand-in when an Execute cannot be
         recorded: it then does not go upstream."""
-        queue = self.queue
-        assert queue is not None
+        queue, masker = self.queue, self.masker
         if tag == F_EXECUTE:
-            st = queue.execute(*_execute_args(buf, start + 5, stop), size=stop - start)
-            if not self._record(st):
-                return self._refuse(self._unrecorded(st), sync=False)
+            portal, max_rows = _execute_args(buf, start + 5, stop)
+            if queue is not None:
+                st = queue.execute(portal, max_rows, size=stop - start)
+                if not self._record(st):
+                    return self._refuse(self._unrecorded(st), sync=False)
+            if masker is not None:
+                masker.on_execute(portal)
         elif tag == F_SYNC:
-            queue.sync()
+            if queue is not None:
+                queue.sync()
+            if masker is not None:
+                masker.on_sync()
         elif tag == F_BIND:
-            portal_end = _find0(buf, start + 5, stop)
-            params = None
-            if self.recorder.bind_parameters:  # type: ignore[union-attr]
-                params = _bind_values(bytes(buf[start + 5 : stop]))
-            queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, min(portal_end + 1, stop), stop), params)
+            if queue is not None:
+                portal_end = _find0(buf, start + 5, stop)
+                params = None
+                if self.recorder.bind_parameters:  # type: ignore[union-attr]
+                    params = _bind_values(bytes(buf[start + 5 : stop]))
+                queue.bind(_cstr_at(buf, start + 5, stop), _cstr_at(buf, min(portal_end + 1, stop), stop), params)
+            if masker is not None:
+                masker.on_bind(bytes(buf[start + 5 : stop]))
         elif tag == F_DESCRIBE:
-            queue.describe()
+            if queue is not None:
+                queue.describe()
+            if masker is not None:
+                kind = chr(buf[start + 5]) if stop > start + 5 else "S"
+                masker.on_describe(kind, _cstr_at(buf, start + 6, stop))
         elif tag == F_CLOSE:
-            queue.close()
+            if queue is not None:
+                queue.close()
+            if masker is not None:
+                masker.on_close()
         return None
 
     def _record(self, st: Statement, *, refused: bool = False) -> bool:
@@ -672,7 +704,7 @@ class Relay:
             return True
         return False
 
-    def gate_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
+    def gate_statement(self, raw: bytes, parse_name: str | None, *, startup: bool = False) -> PgjitError | None:
         """Check one Query or Parse (its SQL as UTF-8 bytes) against the
         policy: None when allowed, else the error the client must see (the
         statement is not forwarded)."""
@@ -702,6 +734,10 @@ class Relay:
         if decision.shadow:
             log.info("audit rule matched (shadow mode)", extra={"session": self.session_id, "rules": ",".join(decision.shadow)})
         if decision.allowed:
+            if self.masker is not None and not startup:  # a startup setting gets no reply to mask
+                error = self._mask_statement(raw, parse_name)
+                if error is not None:
+                    return error
             if _changes_catalog(analysis):
                 self._note_ddl(analysis)
             if parse_name or _changes_prepared(analysis):
@@ -724,6 +760,27 @@ class Relay:
             f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),
             hint=decision.hint or "ask a DBA if you need this",
         )
+
+    def _mask_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
+        """Tell the masker about an allowed Query or Parse; the error to
+        answer instead when the masking rules refuse it (an oracle, a
+        computed column, something pgjit cannot follow)."""
+        masker = self.masker
+        assert masker is not None
+        try:
+            if parse_name is None:
+                masker.on_query(raw)
+            else:
+                masker.on_parse(parse_name, raw)
+        except MaskRefused as r:
+            self.last_refusal = ("deny", r.rule)
+            metrics.STATEMENTS_DENIED.labels("deny").inc()
+            self._log_refusal(r.rule, "deny", statement_fingerprint(raw) or "unparsable", len(raw))
+            return InsufficientPrivilege(
+                f'statement denied by masking rule "{r.rule}": {r.message}',
+                hint="select the masked column itself, without comparing, sorting, grouping or computing on it",
+            )
+        return None
 
     def _log_refusal(self, rule: str, action: str, fingerprint: str, size: int, *, position: int | None = None) -> None:
         """One line per refused statement: who, which rule, and the statement
@@ -791,13 +848,16 @@ class Relay:
                 target = merge_facts(a, b)
         self.prepared[name] = target
 
-    def _refuse(self, error: PgjitError, *, sync: bool = True) -> bytes:
+    def _refuse(self, error: PgjitError, *, sync: bool = True, replaces: bool = False) -> bytes:
         """Bytes that stand in, upstream, for a refused client message: a Bind
         to a statement that does not exist, named by a marker, so that the
         server fails exactly there (aborting the transaction or skipping to
         Sync as for any error) and the reply is swapped for ``error``. With
         ``sync`` (Query, FunctionCall: they are answered by a ReadyForQuery of
         their own) a Sync follows; a refused Parse waits for the client's."""
+        if self.masker is not None:
+            # ``replaces``: the statement was told to the masker as allowed, and is refused after all.
+            self.masker.on_refused(sync=sync, replaces=replaces)
         marker = "pgjit_refused_" + secrets.token_hex(8)
         due = self.ctr.rfq_sent if sync else self.ctr.rfq_sent + 1
         self._rewrites[marker] = (error, due)

@@ -73,6 +73,20 @@ def policy_hashes(config: Config) -> dict[str, str]:
     return out
 
 
+def masking_key(config: Config) -> bytes:
+    import hashlib
+    import hmac
+    import os
+    import secrets
+
+    env = os.environ.get("PGJIT_MASKING_KEY")
+    if env:
+        return env.encode("utf-8")
+    if config.audit is not None and config.audit.checkpoint_key:
+        return hmac.new(config.audit.checkpoint_key, b"pgjit masking hash key", hashlib.sha256).digest()
+    return secrets.token_bytes(32)
+
+
 class Gateway:
     def __init__(self, config: Config, authenticator: ClientAuthenticator | None = None, *, writer=None) -> None:  # type: ignore[no-untyped-def]
         self.config = config
@@ -129,6 +143,10 @@ class Gateway:
         # One statement gate per target with a policy; shared by its sessions
         # so that their caches warm each other.
         self.gates = {t.name: Gate(t.policy) for t in config.targets.values() if t.policy is not None}
+        # The key of masking's keyed hash (HMAC): PGJIT_MASKING_KEY, else one
+        # derived from the audit checkpoint key, else random per process (the
+        # hashes then stay joinable within one gateway process only).
+        self.masking_key = masking_key(config)
         # Each gate decides with a snapshot of its target's catalog.
         self.catalogs: dict[str, CatalogKeeper] = {
             name: CatalogKeeper(config.targets[name], gate, self._catalog_connect(config.targets[name]))

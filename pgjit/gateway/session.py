@@ -201,9 +201,16 @@ class Session:
                                        policy_hash=self.gateway.policy_hashes.get(db), redact_literals=audit.redact_literals,
                                        fail_open=audit.on_store_failure == "fail_open",
                                        bind_parameters=audit.bind_parameters)
+        masker = None
+        if gate is not None:
+            profile = gate.policy.masking_profile(self.groups, self.gateway.masking_key)
+            if profile is not None:
+                from pgjit.masking.wire import Masker
+
+                masker = Masker(profile, lambda: gate.catalog, lambda: gate.resolver)
         self.relay = Relay(self.config.limits, self.gateway, session_id=self.id, user=self.principal.user,
                            database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db),
-                           recorder=recorder)
+                           recorder=recorder, masker=masker)
         self.relay.arm_drain = self._arm_drain
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
         if gate is not None:
@@ -346,7 +353,7 @@ class Session:
             raise FatalError(f"invalid options in the startup packet: {e}", sqlstate="08P01") from None
         for name, value in settings.items():
             sql = f"SET {quote_ident(name.lower())} = {quote_literal(value)}"
-            error = self.relay.gate_statement(sql.encode("utf-8", "surrogateescape"), None)
+            error = self.relay.gate_statement(sql.encode("utf-8", "surrogateescape"), None, startup=True)
             if error is not None:
                 raise FatalError(
                     f'startup setting "{name}" refused: {error.message}', sqlstate=error.sqlstate, hint=error.hint

@@ -381,6 +381,7 @@ class Policy:
     default_message: str | None = None
     default_hint: str | None = None
     tests: tuple[TestCase, ...] = ()
+    masking: tuple[Any, ...] = ()  # pgjit.masking.rules.MaskRule
     _rules_for: dict[frozenset[str], tuple[Rule, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -405,6 +406,15 @@ class Policy:
     def from_text(cls, text: str, filename: str = "<policy>") -> Policy:
         data, marks = load_yaml(text, filename)
         return _build(data, marks, filename)
+
+    def masking_profile(self, groups: Iterable[str], key: bytes) -> Any:
+        """The masking rules that apply to ``groups`` (a
+        pgjit.masking.rules.MaskProfile), or None when nothing is masked for them."""
+        if not self.masking:
+            return None
+        from pgjit.masking.rules import MaskProfile
+
+        return MaskProfile.for_groups(self.masking, frozenset(groups), key)
 
     # ---- deciding --------------------------------------------------------------
 
@@ -871,6 +881,14 @@ def _build(data: Any, marks: _Marks, filename: str) -> Policy:
             )
         )
     tests = tuple(_test_cases(data.get("tests", []), ("tests",), marks))
+    masking: tuple[Any, ...] = ()
+    if data.get("masking"):
+        from pgjit.masking.rules import MaskRuleError, parse_rules
+
+        try:
+            masking = parse_rules(data["masking"], lambda i: marks.line(("masking", i)))
+        except MaskRuleError as exc:
+            problems.append(marks.problem(("masking",), str(exc)))
     if problems:
         raise PolicyError(problems)
     return Policy(
@@ -883,6 +901,7 @@ def _build(data: Any, marks: _Marks, filename: str) -> Policy:
         default_message=data.get("default_message"),
         default_hint=data.get("default_hint"),
         tests=tests,
+        masking=masking,
     )
 
 

@@ -1,0 +1,567 @@
+"""The result filter: a masked session's server messages, masked.
+
+The relay tells a :class:`Masker` each client message the server answers,
+in order (``on_query``, ``on_parse``, ``on_bind``, ``on_describe``,
+``on_execute``, ``on_sync``, ``on_close``, ``on_refused``), and hands it
+every byte the server sends (``server_bytes``). Like the relay's statement
+queue, it matches the server's replies to those messages in order, so it
+knows which statement's :class:`pgjit.masking.lineage.Part` each
+RowDescription, DataRow, CopyData and ErrorResponse belongs to:
+
+* at RowDescription every result column is resolved twice — from the
+  server's own (table OID, attribute number) through the catalog, and from
+  pgjit's lineage of the statement — and masked when either says so; a
+  computed column (OID 0) where the lineage cannot place its columns is
+  masked whole (fail closed);
+* DataRow values are masked in text and binary formats: a text-like value
+  gets the rule's function (redact, partial, hash, email), a value of any
+  other type becomes NULL (never bytes its type could not parse);
+* COPY TO STDOUT rows (text and csv, default delimiters) are masked the
+  same way, column by column;
+* ErrorResponse and NoticeResponse of a statement that touches masked
+  columns lose their message, DETAIL, WHERE, CONTEXT and HINT (cast errors
+  and unique violations would show values), except for error classes that
+  carry no values (syntax, undefined objects, permissions);
+* content detectors scan every text value, error field and notification
+  payload.
+
+I/O-free: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pgjit.masking.lineage import Out, Part, Refusal, plan
+from pgjit.masking.rules import MaskProfile, MaskRule
+from pgjit.protocol import messages as m
+
+_U32 = struct.Struct("!I")
+_I32 = struct.Struct("!i")
+_U16 = struct.Struct("!H")
+
+# Types whose text and binary forms are the text itself (UTF-8).
+_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705, 18, 0})
+_JSON, _JSONB = 114, 3802
+# Types a detector never looks into (numbers, booleans, dates, uuids ...).
+_NO_SCAN = frozenset({16, 20, 21, 23, 26, 700, 701, 1700, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 790})
+# Error classes whose messages carry names, not values.
+_SAFE_CLASSES = ("42", "0A", "25", "26", "28", "34", "3D", "3F", "40", "53", "54", "55", "57", "08")
+_HIDDEN = "pgjit hid this error's text: the statement reads or writes masked columns"
+
+
+@dataclass
+class Col:
+    rule: MaskRule | None  # None: shown as it is
+    whole: bool  # computed from masked values: the whole value goes
+    type_oid: int
+    format: int
+
+
+class Refused(Exception):
+    """A statement the masking rules refuse (the relay answers 42501)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+class Masker:
+    def __init__(self, profile: MaskProfile, catalog: Callable[[], Any], resolver: Callable[[], Any] = lambda: None) -> None:
+        self.profile = profile
+        self._catalog = catalog
+        self._resolver = resolver
+        self.prepared: dict[str, Part | None] = {}  # statement name (protocol and SQL PREPARE) -> its part
+        self.portals: dict[str, tuple[Part | None, tuple[int, ...], str]] = {}  # portal -> part, result formats, statement
+        self.cursors: dict[str, Part] = {}
+        self.stmt_desc: dict[str, tuple[m.FieldDescription, ...]] = {}
+        self.portal_desc: dict[str, tuple[m.FieldDescription, ...]] = {}
+        # The replies the server owes, in order: [kind, data]
+        #   Q [parts, index]   P   B   D (kind, name)   E (portal)   S   C   R (a refusal's stand-in)
+        self._fifo: collections.deque[list[Any]] = collections.deque()
+        self._cols: list[Col] | None = None  # the result being relayed (None: nothing in it to mask)
+        self._cols_set = False  # _cols is known for the result being relayed
+        self._copy: tuple[Part, list[Col] | None, str, bool] | None = None  # part, cols, format, header still to come
+        self.masked_values = 0
+
+    # ------------------------------------------------------------ client
+
+    def _plan(self, sql: bytes) -> list[Part]:
+        try:
+            parts = plan(sql.decode("utf-8"), self._catalog(), self.profile, self._resolver())
+        except Refusal as r:
+            raise Refused(r.rule, r.message) from None
+        for i, p in enumerate(parts):
+            if p.prepares is not None:
+                self.prepared[p.prepares] = p
+            if p.executes is not None:
+                if p.executes not in self.prepared:
+                    raise Refused("pgjit:masking", f'pgjit did not see prepared statement "{p.executes}" prepared, '
+                                                   "so it cannot tell which of its columns to mask")
+                parts[i] = self.prepared[p.executes] or Part(None, True, True)
+            if p.declares is not None:
+                self.cursors[p.declares] = p
+            if p.fetches is not None:
+                cur = self.cursors.get(p.fetches)
+                if cur is None:
+                    raise Refused("pgjit:masking", f'pgjit did not see cursor "{p.fetches}" declared, '
+                                                   "so it cannot tell which of its columns to mask")
+                parts[i] = Part(cur.outputs, cur.any_taint, cur.touches)
+        return parts
+
+    def on_query(self, sql: bytes) -> None:
+        """A Query the gate allowed; raises Refused (then call on_refused)."""
+        parts = self._plan(sql)
+        self._fifo.append(["Q", [parts, 0]])
+
+    def on_parse(self, name: str, sql: bytes) -> None:
+        parts = self._plan(sql)
+        self.prepared[name] = parts[0] if parts else Part([], False, False)
+        self.stmt_desc.pop(name, None)
+        self._fifo.append(["P", name])
+
+    def on_refused(self, *, sync: bool, replaces: bool = False) -> None:
+        """A refused message's stand-in went up (its error comes back as is):
+        a Bind to a missing statement, and a Sync of its own with ``sync``."""
+        if replaces and self._fifo and self._fifo[-1][0] in ("Q", "E"):
+            self._fifo.pop()
+        self._fifo.append(["R", None])
+        if sync:
+            self._fifo.append(["S", None])
+
+    def on_bind(self, body: bytes) -> None:
+        try:
+            b = m.Bind.decode(body)
+        except Exception:
+            self._fifo.append(["B", None])
+            return
+        self.portals[b.portal] = (self.prepared.get(b.statement, Part(None, True, True)), b.result_formats, b.statement)
+        self.portal_desc.pop(b.portal, None)
+        self._fifo.append(["B", None])
+
+    def on_describe(self, kind: str, name: str) -> None:
+        self._fifo.append(["D", (kind, name)])
+
+    def on_execute(self, portal: str) -> None:
+        self._fifo.append(["E", portal])
+
+    def on_sync(self) -> None:
+        self._fifo.append(["S", None])
+
+    def on_close(self) -> None:
+        self._fifo.append(["C", None])
+
+    # ------------------------------------------------------------ server
+
+    def _part(self) -> Part | None:
+        """The statement the head of the queue is answering (None: unknown)."""
+        if not self._fifo:
+            return None
+        kind, data = self._fifo[0]
+        if kind == "Q":
+            parts, i = data
+            return parts[i] if i < len(parts) else None
+        if kind == "E":
+            p = self.portals.get(data)
+            return p[0] if p else None
+        return None
+
+    def server_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Complete backend frames -> the same, masked."""
+        buf = bytes(data)
+        out: list[bytes] = []
+        pos, n = 0, len(buf)
+        seg = 0
+        while pos + 5 <= n:
+            tag = buf[pos]
+            stop = pos + 1 + _U32.unpack_from(buf, pos + 1)[0]
+            body = buf[pos + 5 : stop]
+            new = self._frame(tag, body)
+            if new is not None:
+                out.append(buf[seg:pos])
+                out.append(new)
+                seg = stop
+            pos = stop
+        if seg == 0:
+            return buf
+        out.append(buf[seg:])
+        return b"".join(out)
+
+    def _frame(self, tag: int, body: bytes) -> bytes | None:
+        q = self._fifo
+        if tag == 68:  # D DataRow
+            if not self._cols_set:
+                self._cols = self._execute_cols()
+                self._cols_set = True
+            cols = self._cols
+            return self._datarow(body, cols) if cols is not None else None
+        if tag == 84:  # T RowDescription
+            fields = m.RowDescription.decode(body).fields
+            if q and q[0][0] == "D":
+                kind, name = q.popleft()[1]
+                if kind == "S":
+                    self.stmt_desc[name] = fields
+                else:
+                    self.portal_desc[name] = fields
+                self._cols, self._cols_set = None, False
+            else:
+                self._cols, self._cols_set = self._columns(self._part(), fields, None), True
+            return None
+        if tag == 67 or tag == 73:  # C CommandComplete, I EmptyQueryResponse
+            self._cols, self._cols_set = None, False
+            self._copy = None
+            if q:
+                if q[0][0] == "Q":
+                    q[0][1][1] += 1
+                elif q[0][0] == "E":
+                    q.popleft()
+            return None
+        if tag == 115:  # s PortalSuspended
+            self._cols, self._cols_set = None, False
+            if q and q[0][0] == "E":
+                q.popleft()
+            return None
+        if tag == 90:  # Z
+            self._cols, self._cols_set = None, False
+            self._copy = None
+            while q:
+                kind, _ = q.popleft()
+                if kind in ("Q", "S"):
+                    break
+            return None
+        if tag == 69 or tag == 78:  # E ErrorResponse, N NoticeResponse
+            refused = bool(q) and q[0][0] == "R"
+            part = self._part()
+            new = self._scrub_fields(tag, body, part, refused)
+            if tag == 69:
+                self._cols, self._cols_set = None, False
+                self._copy = None
+                if q and q[0][0] != "Q":
+                    while q and q[0][0] != "S":
+                        q.popleft()
+            return new
+        if tag == 110:  # n NoData
+            if q and q[0][0] == "D":
+                q.popleft()
+            return None
+        if tag in (49, 50, 51):  # 1 2 3
+            if q and q[0][0] in ("P", "B", "C"):
+                q.popleft()
+            return None
+        if tag == 72:  # H CopyOutResponse
+            part = self._part()
+            self._copy_start(part, body)
+            return None
+        if tag == 100:  # d CopyData
+            if self._copy is not None:
+                return self._copy_row(body)
+            return None
+        if tag == 99:  # c CopyDone
+            self._copy = None
+            return None
+        if tag == 65:  # A NotificationResponse
+            if self.profile.detects:
+                n = m.NotificationResponse.decode(body)
+                payload = self.profile.scrub(n.payload)
+                if payload != n.payload:
+                    return m.NotificationResponse(n.process_id, n.channel, payload).encode()
+            return None
+        return None
+
+    # ---------------------------------------------------------- columns
+
+    def _origin(self, f: m.FieldDescription) -> MaskRule | None:
+        if not f.table_oid:
+            return None
+        cat = self._catalog()
+        rel = cat.relations.get(f.table_oid) if cat is not None else None
+        if rel is None:
+            # A relation created since the catalog snapshot: a column-name rule still applies.
+            for r in self.profile.rules:
+                if r.column_names and r.masks_column("", "", f.name):
+                    return r
+            return None
+        if 0 < f.column <= len(rel.columns):
+            return self.profile.column_rule(rel.schema, rel.name, rel.columns[f.column - 1])
+        return None
+
+    def _columns(self, part: Part | None, fields: tuple[m.FieldDescription, ...],
+                 formats: tuple[int, ...] | None) -> list[Col] | None:
+        outs: list[Out] | None = part.outputs if part is not None else None
+        known = outs is not None and len(outs) == len(fields)
+        suspect = part is None or part.any_taint or (outs is not None and not known and part.touches)
+        fallback = self.profile.rules[0]
+        cols: list[Col] = []
+        anything = False
+        for i, f in enumerate(fields):
+            fmt = f.format
+            if formats is not None:
+                fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
+            rule = self._origin(f)
+            whole = False
+            if known:
+                t = outs[i].taint  # type: ignore[index]
+                if t is not None:
+                    rule = rule or t.rule
+                    whole = not t.direct
+            elif suspect and not f.table_oid and self.profile.has_columns:
+                rule, whole = rule or fallback, True  # a computed column pgjit cannot place: all of it goes
+            if rule is not None or self.profile.detects:
+                anything = True
+            cols.append(Col(rule, whole, f.type_oid, fmt))
+        return cols if anything else None
+
+    def _execute_cols(self) -> list[Col] | None:
+        """The first DataRow of an Execute: its portal's description."""
+        q = self._fifo
+        if not q or q[0][0] != "E":
+            return self._unknown_cols()
+        portal = q[0][1]
+        entry = self.portals.get(portal)
+        if entry is None:
+            return self._unknown_cols()
+        part, formats, stmt = entry
+        fields = self.portal_desc.get(portal)
+        if fields is not None:
+            return self._columns(part, fields, None)
+        fields = self.stmt_desc.get(stmt)
+        if fields is not None:
+            return self._columns(part, fields, formats)
+        return self._unknown_cols(part, formats)
+
+    def _unknown_cols(self, part: Part | None = None, formats: tuple[int, ...] = ()) -> list[Col] | None:
+        """Rows whose description pgjit did not see: every value a masked
+        column could be in goes (types unknown: NULL)."""
+        if part is not None and not part.any_taint and not part.touches and not self.profile.detects:
+            return None
+        return [Col(self.profile.rules[0], True, -1, 0)] * 1  # marker: applied to every value (see _datarow)
+
+    # ------------------------------------------------------------ values
+
+    def _value(self, col: Col, raw: bytes) -> bytes | None:
+        t, fmt = col.type_oid, col.format
+        rule = col.rule
+        if rule is not None:
+            self.masked_values += 1
+            if t in _TEXT_TYPES or t in (_JSON, _JSONB):
+                text = rule.text if col.whole else self._mask_str(rule, raw, t, fmt)
+                if text is None:
+                    return None
+                if t in (_JSON, _JSONB):
+                    import json
+
+                    enc = json.dumps(text).encode()
+                    return b"\x01" + enc if (t == _JSONB and fmt == 1) else enc
+                return text.encode("utf-8")
+            return None
+        if self.profile.detects and (fmt == 0 and t not in _NO_SCAN or fmt == 1 and t in _TEXT_TYPES | {_JSON}):
+            s = raw.decode("utf-8", "surrogateescape")
+            scrubbed = self.profile.scrub(s)
+            if scrubbed != s:
+                self.masked_values += 1
+                return scrubbed.encode("utf-8", "surrogateescape")
+        return raw
+
+    def _mask_str(self, rule: MaskRule, raw: bytes, t: int, fmt: int) -> str | None:
+        if t == _JSONB and fmt == 1:
+            raw = raw[1:]
+        s = raw.decode("utf-8", "surrogateescape")
+        if t in (_JSON, _JSONB):
+            import json
+
+            try:
+                v = json.loads(s)
+                s = v if isinstance(v, str) else s
+            except ValueError:
+                pass
+        return self.profile.mask(rule, s)
+
+    def _datarow(self, body: bytes, cols: list[Col]) -> bytes:
+        n = _U16.unpack_from(body, 0)[0]
+        everything = len(cols) == 1 and cols[0].type_oid == -1
+        pos = 2
+        out = [body[:2]]
+        for i in range(n):
+            ln = _I32.unpack_from(body, pos)[0]
+            pos += 4
+            if ln < 0:
+                out.append(b"\xff\xff\xff\xff")
+                continue
+            raw = body[pos : pos + ln]
+            pos += ln
+            if everything:
+                v = None
+                self.masked_values += 1
+            elif i < len(cols):
+                v = self._value(cols[i], raw)
+            else:
+                v = None
+            if v is None:
+                out.append(b"\xff\xff\xff\xff")
+            else:
+                out.append(_I32.pack(len(v)) + v)
+        new = b"".join(out)
+        return b"D" + _U32.pack(len(new) + 4) + new
+
+    # -------------------------------------------------------------- COPY
+
+    def _copy_start(self, part: Part | None, body: bytes) -> None:
+        fmt_code = body[0] if body else 0
+        if part is None:
+            part = Part(None, True, True)
+        plan_ = part.copy
+        fmt = "binary" if fmt_code == 1 else (plan_.format if plan_ is not None else "text")
+        outs = part.outputs
+        cols: list[Col] | None = None
+        if outs is not None:
+            cols = [Col(o.taint.rule if o.taint else None, bool(o.taint and not o.taint.direct), 25, 0) for o in outs]
+            if not any(c.rule for c in cols) and not self.profile.detects:
+                cols = None
+                self._copy = None
+                return
+        elif not part.any_taint and not part.touches and not self.profile.detects:
+            self._copy = None
+            return
+        self._copy = (part, cols, fmt, bool(plan_ and plan_.header))
+
+    def _copy_row(self, body: bytes) -> bytes | None:
+        part, cols, fmt, header = self._copy  # type: ignore[misc]
+        if fmt == "binary":
+            # The lineage refuses a binary COPY of masked columns; should one
+            # come anyway, none of its bytes go to the client.
+            self.masked_values += 1
+            return _copy_data(b"")
+        if cols is None and not part.any_taint and not part.touches:
+            text = body.decode("utf-8", "surrogateescape")  # detectors only
+            return _copy_data(self.profile.scrub(text).encode("utf-8", "surrogateescape"))
+        if header:
+            self._copy = (part, cols, fmt, False)
+            return None
+        text = body.decode("utf-8", "surrogateescape")
+        nl = text.endswith("\n")
+        line = text[:-1] if nl else text
+        if fmt == "csv":
+            fields = _csv_split(line)
+        else:
+            fields = line.split("\t")
+        out_fields = []
+        whole = Col(self.profile.rules[0], True, 25, 0)  # a column pgjit cannot place: all of it goes
+        for i, f in enumerate(fields):
+            col = cols[i] if cols is not None and i < len(cols) else whole
+            null = (f == "\\N") if fmt == "text" else (f == "")
+            if null:
+                out_fields.append(f)
+                continue
+            value = _copy_unescape(f) if fmt == "text" else _csv_unquote(f)
+            if col.rule is not None:
+                self.masked_values += 1
+                masked = col.rule.text if col.whole else self.profile.mask(col.rule, value)
+            elif self.profile.detects:
+                masked = self.profile.scrub(value)
+            else:
+                out_fields.append(f)
+                continue
+            if masked is None:
+                out_fields.append("\\N" if fmt == "text" else "")
+            else:
+                out_fields.append(_copy_escape(masked) if fmt == "text" else _csv_quote(masked))
+        sep = "," if fmt == "csv" else "\t"
+        return _copy_data((sep.join(out_fields) + ("\n" if nl else "")).encode("utf-8", "surrogateescape"))
+
+    # ----------------------------------------------------------- errors
+
+    def _scrub_fields(self, tag: int, body: bytes, part: Part | None, refused: bool) -> bytes | None:
+        if refused:
+            return None
+        try:
+            fields = m.ErrorResponse.decode(body).fields
+        except Exception:
+            return None
+        code = next((v for k, v in fields if k == "C"), "")
+        touches = part is None or part.touches or part.any_taint
+        hide = touches and self.profile.has_columns and not code.startswith(_SAFE_CLASSES)
+        out = []
+        changed = False
+        for k, v in fields:
+            if k in ("M", "D", "W", "H", "q", "s", "t", "c", "d", "n"):
+                if hide:
+                    changed = True
+                    if k == "M":
+                        out.append((k, _HIDDEN))
+                    continue
+                if self.profile.detects:
+                    s = self.profile.scrub(v)
+                    if s != v:
+                        changed = True
+                        v = s
+            out.append((k, v))
+        if not changed:
+            return None
+        cls = m.ErrorResponse if tag == 69 else m.NoticeResponse
+        return cls(tuple(out)).encode()
+
+
+def _copy_data(payload: bytes) -> bytes:
+    return b"d" + _U32.pack(len(payload) + 4) + payload
+
+
+_UNESCAPE = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\", "b": "\b", "f": "\f", "v": "\v"}
+
+
+def _copy_unescape(f: str) -> str:
+    if "\\" not in f:
+        return f
+    out = []
+    i = 0
+    while i < len(f):
+        ch = f[i]
+        if ch == "\\" and i + 1 < len(f):
+            out.append(_UNESCAPE.get(f[i + 1], f[i + 1]))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _copy_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _csv_split(line: str) -> list[str]:
+    out, cur, quoted, i = [], [], False, 0
+    while i < len(line):
+        ch = line[i]
+        if quoted:
+            if ch == '"':
+                if i + 1 < len(line) and line[i + 1] == '"':
+                    cur.append('""')
+                    i += 2
+                    continue
+                quoted = False
+            cur.append(ch)
+        elif ch == '"':
+            quoted = True
+            cur.append(ch)
+        elif ch == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _csv_unquote(f: str) -> str:
+    if len(f) >= 2 and f[0] == '"' and f[-1] == '"':
+        return f[1:-1].replace('""', '"')
+    return f
+
+
+def _csv_quote(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
