@@ -80,6 +80,8 @@ QUERIES: Final[dict[str, str]] = {
     "rules": """
         SELECT r.ev_class, pg_catalog.pg_get_ruledef(r.oid)
           FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN'""",
+    "inherits": """
+        SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i""",
     "triggers": """
         SELECT t.tgrelid, t.tgfoid FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal""",
     "cascades": """
@@ -109,7 +111,7 @@ QUERIES: Final[dict[str, str]] = {
 #: made of changes: row counts and the sum of row versions' transaction ids.
 PROBE: Final = "SELECT " + ", ".join(
     f"(SELECT pg_catalog.count(*) || '/' || pg_catalog.sum(xmin::text::bigint) FROM pg_catalog.{t})"
-    for t in ("pg_proc", "pg_class", "pg_rewrite", "pg_trigger", "pg_constraint", "pg_operator", "pg_cast",
+    for t in ("pg_proc", "pg_class", "pg_inherits", "pg_rewrite", "pg_trigger", "pg_constraint", "pg_operator", "pg_cast",
               "pg_aggregate", "pg_policy", "pg_attrdef", "pg_namespace", "pg_event_trigger", "pg_foreign_table")
 )
 
@@ -153,6 +155,7 @@ class Relation:
     cascades_to: tuple[int, ...] = ()  # relation oids written by ON DELETE/UPDATE actions
     policies: tuple[str, ...] = ()  # row-security expressions
     expressions: tuple[str, ...] = ()  # column defaults, generated columns, CHECK constraints
+    parents: tuple[int, ...] = ()  # relation oids it inherits from (a partition's parent; masking follows them)
 
     @property
     def qualified(self) -> str:
@@ -230,6 +233,8 @@ class Catalog:
         extra: dict[int, dict[str, list]] = {}
         for rel, ruledef in rows.get("rules", ()):
             extra.setdefault(int(rel or 0), {}).setdefault("rules", []).append(ruledef or "")
+        for rel, parent in rows.get("inherits", ()):
+            extra.setdefault(int(rel or 0), {}).setdefault("parents", []).append(int(parent or 0))
         for rel, fn in rows.get("triggers", ()):
             extra.setdefault(int(rel or 0), {}).setdefault("triggers", []).append(int(fn or 0))
         for referenced, referencing in rows.get("cascades", ()):

@@ -62,6 +62,21 @@ BLOCKED_FUNCTIONS = frozenset({
 _DEPTH = 16  # views within views, subqueries within subqueries
 
 
+def column_rule(catalog: Any, profile: MaskProfile, rel: Any, column: str, depth: int = 0) -> MaskRule | None:
+    """The rule masking ``rel``'s ``column``: its own, or that of a relation
+    it inherits from (a partition or child table holds its parent's values)."""
+    rule = profile.column_rule(rel.schema, rel.name, column)
+    if rule is not None or depth > _DEPTH or catalog is None:
+        return rule
+    for oid in rel.parents:
+        parent = catalog.relations.get(oid)
+        if parent is not None and column in parent.columns:
+            rule = column_rule(catalog, profile, parent, column, depth + 1)
+            if rule is not None:
+                return rule
+    return None
+
+
 class Refusal(Exception):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(message)
@@ -240,7 +255,7 @@ class _Analyzer:
     def _relation_columns(self, rel: Any, depth: int) -> list[tuple[str, Taint | None]]:
         own = []
         for c in rel.columns:
-            rule = self.profile.column_rule(rel.schema, rel.name, c)
+            rule = column_rule(self.catalog, self.profile, rel, c)
             own.append((c, Taint(frozenset((rule,)), f"{rel.schema}.{rel.name}.{c}", True) if rule else None))
         if rel.kind in ("v", "m") and rel.view_definition:
             view = self._view(rel, depth)
@@ -671,7 +686,7 @@ class _Analyzer:
         schema, _, name = qualified.rpartition(".")
         if self.catalog is not None:
             for rel in self.catalog.relations_named(qualified):
-                if any(self.profile.column_rule(rel.schema, rel.name, c) for c in rel.columns):
+                if any(column_rule(self.catalog, self.profile, rel, c) for c in rel.columns):
                     return True
                 if rel.kind in ("v", "m"):
                     return True  # a view may carry masked columns: pgjit does not follow it into the function
@@ -689,6 +704,17 @@ class _Analyzer:
             scope = Scope([], outer)
             target = self.relation(body["relation"], depth)
             scope.items.append(target)
+            if kind in ("InsertStmt", "UpdateStmt"):
+                # Writing a masked column is an oracle too: a unique index
+                # answers "already exists", ON CONFLICT counts the rows.
+                named = [t["ResTarget"].get("name") for t in (body.get("cols") if kind == "InsertStmt" else body.get("targetList")) or ()]
+                if kind == "InsertStmt" and not named:
+                    named = [n for n, _ in target.columns or ()]
+                for name in named:
+                    ok, t = target.column(name or "")
+                    if ok and t is not None:
+                        self.refuse(t.rule.name, f"writing masked column {t.source} is not allowed for a masked group "
+                                                 "(a unique index or ON CONFLICT would tell whether a value exists)")
             if kind == "InsertStmt":
                 if body.get("selectStmt"):
                     src = self.select(body["selectStmt"], outer, depth + 1)

@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pgjit.masking.lineage import Out, Part, Refusal, plan
+from pgjit.masking.lineage import Out, Part, Refusal, column_rule, plan
 from pgjit.masking.rules import MaskProfile, MaskRule
 from pgjit.protocol import messages as m
 
@@ -286,7 +286,7 @@ class Masker:
                     return r
             return None
         if 0 < f.column <= len(rel.columns):
-            return self.profile.column_rule(rel.schema, rel.name, rel.columns[f.column - 1])
+            return column_rule(cat, self.profile, rel, rel.columns[f.column - 1])
         return None
 
     def _columns(self, part: Part | None, fields: tuple[m.FieldDescription, ...],

@@ -32,7 +32,18 @@ masking:
   - name: notes
     column_names: ["secret_*"]
     function: redact
+  - name: cards
+    columns: ["public.mparts.card"]
+    function: hash
+  - name: bodies
+    columns: ["public.mnotes.body"]
+    computed: mask
+  - name: content
+    detect: [email, payment_card]
+    function: redact
+    text: "[hidden]"
 """
+CARD = "4111111111111111"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +58,14 @@ def masked_gw(pg, tmp_path_factory):
         conn.execute("GRANT ALL ON mcustomers TO app")
         conn.execute("CREATE OR REPLACE VIEW mcontacts AS SELECT id, email FROM mcustomers")
         conn.execute("GRANT ALL ON mcontacts TO app")
+        conn.execute("DROP TABLE IF EXISTS mparts, mnotes CASCADE")
+        conn.execute("CREATE TABLE mparts (id int, card text) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE mparts_low PARTITION OF mparts FOR VALUES FROM (0) TO (100)")
+        conn.execute("INSERT INTO mparts VALUES (1, '5500-0000-0000-0004'), (2, '5500-0000-0000-0004'), (3, '4000-0000-0000-0002')")
+        conn.execute("CREATE TABLE mnotes (id int, body text, other text)")
+        conn.execute("INSERT INTO mnotes VALUES (1, 'body-one', %s), (2, 'body-two', %s)",
+                     (f"mail me at x.{TAG}@corp.example", f"card {CARD} thanks"))
+        conn.execute("GRANT ALL ON mparts, mparts_low, mnotes TO app")
     base = tmp_path_factory.mktemp("masking")
     policy = base / "policy.yaml"
     policy.write_text(POLICY)
@@ -55,7 +74,7 @@ def masked_gw(pg, tmp_path_factory):
     yield gw
     gw.stop()
     with pg.connect(dbname="appdb") as conn:
-        conn.execute("DROP TABLE IF EXISTS mcustomers CASCADE")
+        conn.execute("DROP TABLE IF EXISTS mcustomers, mparts, mnotes CASCADE")
 
 
 def _clear(text: str) -> bool:
@@ -122,11 +141,20 @@ def test_copy_text_and_csv_are_masked(masked_gw):
 
 def test_errors_on_masked_tables_are_scrubbed(masked_gw):
     with psycopg.connect(masked_gw.dsn(user="app"), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.UniqueViolation) as e:
-            conn.execute("INSERT INTO mcustomers (id, email) VALUES (99, %s)", (EMAILS[0],))
+        # A NOT NULL violation's DETAIL is the failing row, masked values and all.
+        with pytest.raises(psycopg.errors.NotNullViolation) as e:
+            conn.execute("UPDATE mcustomers SET id = NULL WHERE id = 1")
         diag = e.value.diag
-        assert EMAILS[0] not in str(e.value) and EMAILS[0] not in (diag.message_detail or "")
-        assert e.value.sqlstate == "23505"
+        assert not _clear(str(e.value) + (diag.message_detail or "") + (diag.context or ""))
+        assert e.value.sqlstate == "23502" and "masked columns" in (diag.message_primary or "")
+        # Writing a masked column is refused: a unique index would answer "already exists".
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="writing masked column"):
+            conn.execute("INSERT INTO mcustomers (id, email) VALUES (99, %s)", (EMAILS[0],))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="writing masked column"):
+            conn.execute("UPDATE mcustomers SET ssn = '1' WHERE id = 1")
+        # Statements on tables without masked columns keep their errors.
+        with pytest.raises(psycopg.errors.DivisionByZero, match="division by zero"):
+            conn.execute("SELECT 1 / 0")
 
 
 def test_asyncpg_binary(masked_gw):
@@ -159,3 +187,24 @@ def test_unmasked_columns_are_byte_for_byte(masked_gw, pg):
             cur = conn.cursor(binary=binary)
             direct = cur.execute(sql).fetchall(), [(d.name, d.type_code) for d in cur.description]
         assert via == direct
+
+
+def test_partition_keyed_hash_computed_mask_and_detectors(masked_gw):
+    with psycopg.connect(masked_gw.dsn(user="app"), autocommit=True) as conn:
+        # A partition holds its parent's values: masked by the parent's rule; the
+        # keyed hash is deterministic (equal values, equal hashes).
+        for table in ("mparts", "mparts_low"):
+            rows = conn.execute(f"SELECT id, card FROM {table} ORDER BY id").fetchall()
+            assert [r[0] for r in rows] == [1, 2, 3]
+            assert rows[0][1] == rows[1][1] != rows[2][1] and rows[0][1].startswith("h_")
+            assert "5500" not in repr(rows)
+        # computed: mask — a computed column is masked whole instead of refused.
+        rows = conn.execute("SELECT id, upper(body), body || '!' FROM mnotes ORDER BY id").fetchall()
+        assert rows == [(1, "****", "****"), (2, "****", "****")]
+        # Content detectors, in a column no rule names, in text and binary.
+        for binary in (False, True):
+            rows = conn.cursor(binary=binary).execute("SELECT other FROM mnotes ORDER BY id").fetchall()
+            assert rows == [("mail me at [hidden]",), ("card [hidden] thanks",)]
+        # Oracles on a computed:mask column are still refused.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT id FROM mnotes WHERE body LIKE 'body%'")
