@@ -160,9 +160,12 @@ class Item:
     columns: list[tuple[str, Taint | None]] | None = None  # None: unknown columns
     unknown_taint: Taint | None = None  # the taint of any column when the columns are unknown
     hidden: bool = False  # a JOIN's sides stay visible by their own aliases
+    guess: Any = None  # offline (no catalog): column name -> its taint, from the rules alone
 
     def column(self, name: str) -> tuple[bool, Taint | None]:
         if self.columns is None:
+            if self.guess is not None:
+                return True, self.guess(name)
             return True, self.unknown_taint  # may have it
         found = False
         taint = None
@@ -213,13 +216,29 @@ class _Analyzer:
             for level in reversed(self._ctes):
                 cte = level.get(name)
                 if cte is not None:
-                    return Item(alias, None, name, None if cte.columns is None else list(cte.columns), cte.unknown_taint)
+                    return Item(alias, None, name, None if cte.columns is None else list(cte.columns), cte.unknown_taint,
+                                guess=cte.guess)
         if name in BLOCKED_RELATIONS:
             self.refuse("pgjit:masking", f"{name} exposes values of masked columns or other sessions' statements, "
                                          "and is not readable by a masked group")
         rels = []
         if self.catalog is not None:
             rels = list(self.catalog.relations_named(f"{schema}.{name}" if schema else name))
+        if not rels and self.catalog is None:
+            # Offline (pgjit policy explain / test): no catalog, so the
+            # columns are unknown; a column the rules name is masked.
+            s_ = schema or "public"
+
+            def guess(col: str, s_: str = s_, name: str = name) -> Taint | None:
+                rule = self.profile.column_rule(s_, name, col)
+                return Taint(frozenset((rule,)), f"{s_}.{name}.{col}", True) if rule else None
+
+            whole = None
+            if self._may_hold(schema, name):
+                self.touches = True
+                rules = frozenset(r for r in self.profile.rules if r.columns or r.column_names)
+                whole = Taint(rules, f"{s_}.{name}.*", False)
+            return Item(alias, schema, name, None, whole, guess=guess)
         if not rels:
             if self.profile.has_columns and self._may_hold(schema, name):
                 self.refuse("pgjit:masking", f'relation "{name}" is not in pgjit\'s catalog snapshot, so pgjit cannot '
@@ -533,7 +552,7 @@ class _Analyzer:
         if outs is None:
             # Positions unknown: what could be tainted is still decided.
             for it in scope.items:
-                t = it.whole()
+                t = it.whole() if it.guess is None else None
                 if t is not None and not t.direct and self.profile.refuses_computed(t.rule):
                     self.computed(t)
         return outs
@@ -606,9 +625,12 @@ class _Analyzer:
             items = _level_items(level)
             if len(names) == 1:
                 name = names[0]
+                guessed = [it for it in items if it.guess is not None and it.alias == name]
+                if guessed and guessed[0].whole() is not None:
+                    return combine(guessed[0].whole())  # offline: c in "SELECT c FROM customers c" is the row
                 found = [(it, it.column(name)) for it in items]
-                hits = [t for it, (ok, t) in found if ok and it.columns is not None]
-                unknown = [t for it, (ok, t) in found if it.columns is None]
+                hits = [t for it, (ok, t) in found if ok and (it.columns is not None or it.guess is not None)]
+                unknown = [t for it, (ok, t) in found if it.columns is None and it.guess is None]
                 if hits or unknown:
                     if hits and not unknown:
                         t = hits[0]
@@ -897,6 +919,22 @@ def _copy(a: _Analyzer, body: dict[str, Any]) -> tuple[list[Out] | None, CopyPla
     header = opts.get("header", False)
     header = header is True or str(header).lower() in ("true", "on", "1", "match")
     return outs, CopyPlan(fmt, bool(header))
+
+
+def describe(parts: list[Part]) -> list[dict[str, Any]]:
+    """The plan as data (pgjit policy explain)."""
+    out = []
+    for p in parts:
+        cols = None
+        if p.outputs is not None:
+            cols = [{"column": o.name, "masked": o.masked,
+                     "rule": o.taint.rule.name if o.taint else None,
+                     "from": o.taint.source if o.taint else None,
+                     "how": None if o.taint is None else ("value" if o.taint.direct else "computed (masked whole)")}
+                    for o in p.outputs]
+        out.append({"columns": cols, "masks_something": p.any_taint, "touches_masked": p.touches,
+                    "copy": p.copy.format if p.copy else None})
+    return out
 
 
 def plan(sql: str, catalog: Any, profile: MaskProfile, resolver: Any = None) -> list[Part]:

@@ -333,6 +333,7 @@ class TestCase:
     name: str = ""
     filename: str = ""
     line: int = 0
+    masks: tuple[str, ...] | None = None  # output columns the case expects masked (None: not checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -926,6 +927,7 @@ def _test_cases(raw_cases: list[Any], base: Path_, marks: _Marks) -> list[TestCa
                 name=raw.get("name") or f"{format_path(base + (i,))}",
                 filename=marks.filename,
                 line=marks.line(base + (i,)),
+                masks=tuple(raw["masks"]) if "masks" in raw else None,
             )
         )
     return out

@@ -193,12 +193,61 @@ def explain(
             print(f"decision: deny (42601 syntax error, never forwarded)\nerror: {exc.message} "
                   f"at character {exc.cursorpos}", file=out)
         return 1
+    masking = _masking(policy, groups, sql) if decision.allowed else None
     if as_json:
-        json.dump(_decision_dict(decision), out, indent=2, sort_keys=False)
+        data = _decision_dict(decision)
+        if masking is not None:
+            data["masking"] = masking
+            if masking.get("refused"):
+                data["action"], data["rule"] = "deny", masking["rule"]
+        json.dump(data, out, indent=2, sort_keys=False)
         print(file=out)
     else:
         _print_decision(decision, out)
+        if masking is not None:
+            _print_masking(masking, out)
+    if masking is not None and masking.get("refused"):
+        return 1
     return {"allow": 0, "deny": 1, "require_approval": 3}[decision.action]
+
+
+def _masking(policy: Policy, groups: Sequence[str], sql: str) -> dict[str, object] | None:
+    """What the policy's masking rules do to ``sql`` for ``groups``, judged
+    without a catalog (offline: a column the rules name is masked; views and
+    SELECT * are resolved by the gateway against the live catalog)."""
+    profile = policy.masking_profile(groups, b"pgjit policy explain")
+    if profile is None:
+        return None
+    from pgjit.masking.lineage import Refusal, describe, plan
+
+    rules = [r.name for r in profile.rules]
+    try:
+        parts = plan(sql, None, profile)
+    except Refusal as r:
+        return {"rules": rules, "refused": True, "rule": r.rule, "message": r.message}
+    return {"rules": rules, "refused": False, "statements": describe(parts)}
+
+
+def masked_columns(masking: dict[str, object] | None) -> list[str]:
+    if masking is None or masking.get("refused"):
+        return []
+    return [c["column"] for st in masking["statements"] for c in (st["columns"] or ()) if c["masked"]]  # type: ignore[union-attr,index]
+
+
+def _print_masking(masking: dict[str, object], out: TextIO) -> None:
+    print(f"\nmasking (rules for these groups: {', '.join(masking['rules'])}):", file=out)  # type: ignore[arg-type]
+    if masking.get("refused"):
+        print(f"  refused by masking rule {masking['rule']}: {masking['message']}", file=out)
+        return
+    for i, st in enumerate(masking["statements"]):  # type: ignore[arg-type]
+        cols = st["columns"]
+        if cols is None:
+            note = "masked columns found by the gateway at run time (SELECT * or relations it resolves then)"
+            print(f"  statement {i}: {note if st['touches_masked'] else 'nothing masked'}", file=out)
+            continue
+        for c in cols:
+            what = f"masked by {c['rule']} ({c['how']} of {c['from']})" if c["masked"] else "shown as is"
+            print(f"  statement {i}: column {c['column']}: {what}", file=out)
 
 
 def _print_decision(decision: Decision, out: TextIO) -> None:
@@ -245,8 +294,15 @@ def _run_case(policy: Policy, case: TestCase) -> _Result:
     except ParseFailure:
         action, rule = "deny", "pgjit:parse-error"
         decision = None
+    masking = _masking(policy, case.groups, case.sql) if action == "allow" else None
+    if masking is not None and masking.get("refused"):
+        action, rule = "deny", masking["rule"]  # type: ignore[assignment]
     elapsed = time.perf_counter() - start
     problems = []
+    if case.masks is not None and action == "allow":
+        got = masked_columns(masking)
+        if sorted(got) != sorted(case.masks):
+            problems.append(f"expected masked columns {sorted(case.masks)}, got {sorted(got)}")
     if action != case.expect:
         problems.append(f"expected {case.expect}, got {action}")
     if case.check_rule and rule != case.rule:
