@@ -12,5 +12,6 @@ setup(
         Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True),
         Extension("pgjit.gateway._relaycore", ["pgjit/gateway/_relaycore.c"], optional=True),
         Extension("pgjit.policy._shape", ["pgjit/policy/_shape.c"], optional=True),
+        Extension("pgjit.masking._rows", ["pgjit/masking/_rows.c"], optional=True),
     ]
 )

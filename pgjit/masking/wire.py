@@ -31,6 +31,7 @@ I/O-free: bytes in, bytes out.
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +39,11 @@ from typing import Any, Callable
 from pgjit.masking.lineage import Out, Part, Refusal, column_rule, plan
 from pgjit.masking.rules import MaskProfile, MaskRule
 from pgjit.protocol import messages as m
+
+try:  # the C loop (setup.py); the same results as rows_py, which is the reference
+    from pgjit.masking._rows import rows
+except ImportError:  # pragma: no cover - only where it could not be built
+    rows = None  # type: ignore[assignment]
 
 _U32 = struct.Struct("!I")
 _I32 = struct.Struct("!i")
@@ -48,6 +54,7 @@ _TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705, 18, 0})
 _JSON, _JSONB = 114, 3802
 # Types a detector never looks into (numbers, booleans, dates, uuids ...).
 _NO_SCAN = frozenset({16, 20, 21, 23, 26, 700, 701, 1700, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 790})
+_SCANNED_BINARY = _TEXT_TYPES | {_JSON}
 # Error classes whose messages carry names, not values.
 _SAFE_CLASSES = ("42", "0A", "25", "26", "28", "34", "3D", "3F", "40", "53", "54", "55", "57", "08")
 _HIDDEN = "pgjit hid this error's text: the statement reads or writes masked columns"
@@ -85,6 +92,8 @@ class Masker:
         self._fifo: collections.deque[list[Any]] = collections.deque()
         self._cols: list[Col] | None = None  # the result being relayed (None: nothing in it to mask)
         self._cols_set = False  # _cols is known for the result being relayed
+        self._spec: tuple[Any, ...] | None = None  # _cols as rows() takes it
+        self._spec_masks = 0  # columns the spec masks
         self._copy: tuple[Part, list[Col] | None, str, bool] | None = None  # part, cols, format, header still to come
         self.masked_values = 0
 
@@ -178,6 +187,21 @@ class Masker:
         seg = 0
         while pos + 5 <= n:
             tag = buf[pos]
+            if tag == 68:  # a run of DataRows, in C (_rows.rows)
+                if not self._cols_set:
+                    self._cols = self._execute_cols()
+                    self._cols_set = True
+                    self._spec = self._make_spec(self._cols)
+                stop, new, count = rows(buf, pos, self._spec)
+                if stop == pos:
+                    raise ValueError("malformed DataRow message from the server")
+                if new is not None:
+                    self.masked_values += count * self._spec_masks
+                    out.append(buf[seg:pos])
+                    out.append(new)
+                    seg = stop
+                pos = stop
+                continue
             stop = pos + 1 + _U32.unpack_from(buf, pos + 1)[0]
             body = buf[pos + 5 : stop]
             new = self._frame(tag, body)
@@ -193,12 +217,6 @@ class Masker:
 
     def _frame(self, tag: int, body: bytes) -> bytes | None:
         q = self._fifo
-        if tag == 68:  # D DataRow
-            if not self._cols_set:
-                self._cols = self._execute_cols()
-                self._cols_set = True
-            cols = self._cols
-            return self._datarow(body, cols) if cols is not None else None
         if tag == 84:  # T RowDescription
             fields = m.RowDescription.decode(body).fields
             if q and q[0][0] == "D":
@@ -210,6 +228,7 @@ class Masker:
                 self._cols, self._cols_set = None, False
             else:
                 self._cols, self._cols_set = self._columns(self._part(), fields, None), True
+                self._spec = self._make_spec(self._cols)
             return None
         if tag == 67 or tag == 73:  # C CommandComplete, I EmptyQueryResponse
             self._cols, self._cols_set = None, False
@@ -346,7 +365,6 @@ class Masker:
         t, fmt = col.type_oid, col.format
         rule = col.rule
         if rule is not None:
-            self.masked_values += 1
             if t in _TEXT_TYPES or t in (_JSON, _JSONB):
                 text = rule.text if col.whole else self._mask_str(rule, raw, t, fmt)
                 if text is None:
@@ -358,11 +376,10 @@ class Masker:
                     return b"\x01" + enc if (t == _JSONB and fmt == 1) else enc
                 return text.encode("utf-8")
             return None
-        if self.profile.detects and (fmt == 0 and t not in _NO_SCAN or fmt == 1 and t in _TEXT_TYPES | {_JSON}):
+        if self.profile.detects and (fmt == 0 and t not in _NO_SCAN or fmt == 1 and t in _SCANNED_BINARY):
             s = raw.decode("utf-8", "surrogateescape")
             scrubbed = self.profile.scrub(s)
             if scrubbed != s:
-                self.masked_values += 1
                 return scrubbed.encode("utf-8", "surrogateescape")
         return raw
 
@@ -380,32 +397,40 @@ class Masker:
                 pass
         return self.profile.mask(rule, s)
 
-    def _datarow(self, body: bytes, cols: list[Col]) -> bytes:
-        n = _U16.unpack_from(body, 0)[0]
-        everything = len(cols) == 1 and cols[0].type_oid == -1
-        pos = 2
-        out = [body[:2]]
-        for i in range(n):
-            ln = _I32.unpack_from(body, pos)[0]
-            pos += 4
-            if ln < 0:
-                out.append(b"\xff\xff\xff\xff")
+    def _make_spec(self, cols: list[Col] | None) -> tuple[Any, ...] | None:
+        """``cols`` as _rows.rows takes them (see _rows.c)."""
+        if cols is None:
+            self._spec_masks = 0
+            return None
+        if len(cols) == 1 and cols[0].type_oid == -1:  # nothing known: every value goes
+            self._spec_masks = 1
+            return ()
+        spec: list[Any] = []
+        masks = 0
+        for col in cols:
+            rule, t = col.rule, col.type_oid
+            if rule is None:
+                if self.profile.detects and (col.format == 0 and t not in _NO_SCAN or col.format == 1 and t in _SCANNED_BINARY):
+                    spec.append(functools.partial(self._value, col))
+                else:
+                    spec.append(None)
                 continue
-            raw = body[pos : pos + ln]
-            pos += ln
-            if everything:
-                v = None
-                self.masked_values += 1
-            elif i < len(cols):
-                v = self._value(cols[i], raw)
+            masks += 1
+            if t in _TEXT_TYPES:
+                if col.whole or rule.function == "redact":
+                    spec.append(rule.text.encode("utf-8"))
+                elif rule.function == "null":
+                    spec.append(-1)
+                elif rule.function == "partial":
+                    spec.append(max(0, rule.keep))
+                else:
+                    spec.append(functools.partial(self._value, col))
+            elif t in (_JSON, _JSONB):
+                spec.append(functools.partial(self._value, col))
             else:
-                v = None
-            if v is None:
-                out.append(b"\xff\xff\xff\xff")
-            else:
-                out.append(_I32.pack(len(v)) + v)
-        new = b"".join(out)
-        return b"D" + _U32.pack(len(new) + 4) + new
+                spec.append(-1)
+        self._spec_masks = masks
+        return tuple(spec)
 
     # -------------------------------------------------------------- COPY
 
@@ -565,3 +590,58 @@ def _csv_unquote(f: str) -> str:
 
 def _csv_quote(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
+
+
+def rows_py(buf: bytes, pos: int, spec: tuple[Any, ...] | None) -> tuple[int, bytes | None, int]:
+    """The reference for _rows.rows (same arguments, same result)."""
+    n, count = len(buf), 0
+    out: list[bytes] = []
+    while pos + 5 <= n and buf[pos] == 68:
+        stop = pos + 1 + _U32.unpack_from(buf, pos + 1)[0]
+        if stop > n or stop < pos + (5 if spec is None else 7):
+            break
+        if spec is not None:
+            ncols = _U16.unpack_from(buf, pos + 5)[0]
+            p = pos + 7
+            vals = [buf[pos + 5 : pos + 7]]
+            for c in range(ncols):
+                if p + 4 > stop:
+                    raise ValueError("malformed DataRow message from the server")
+                ln = _I32.unpack_from(buf, p)[0]
+                p += 4
+                raw = b""
+                if ln >= 0:
+                    if p + ln > stop:
+                        raise ValueError("malformed DataRow message from the server")
+                    raw = buf[p : p + ln]
+                    p += ln
+                op = spec[c] if c < len(spec) else -1
+                v: bytes | None
+                if ln < 0 or (type(op) is int and op == -1):
+                    v = None
+                elif op is None:
+                    v = raw
+                elif isinstance(op, bytes):
+                    v = op
+                elif type(op) is int:
+                    # Characters are counted as UTF-8 lead bytes (what the server sends is UTF-8).
+                    starts = [i for i, byte in enumerate(raw) if byte & 0xC0 != 0x80]
+                    keep = op
+                    if keep <= 0 or len(starts) <= 2 * keep:
+                        v = b"*" * len(starts)
+                    else:
+                        v = b"*" * (len(starts) - keep) + raw[starts[-keep]:]
+                else:
+                    v = op(raw)
+                vals.append(b"\xff\xff\xff\xff" if v is None else _I32.pack(len(v)) + v)
+            if p != stop:
+                raise ValueError("malformed DataRow message from the server")
+            body = b"".join(vals)
+            out.append(b"D" + _U32.pack(len(body) + 4) + body)
+        pos = stop
+        count += 1
+    return pos, (None if spec is None else b"".join(out)), count
+
+
+if rows is None:  # pragma: no cover
+    rows = rows_py  # noqa: F811

@@ -135,3 +135,26 @@ def test_unknown_description_fails_closed():
     out = k.server_bytes(frames(m.BindComplete(), m.DataRow((b"ann@example.org",)), m.CommandComplete("SELECT 1"),
                                 m.ReadyForQuery(b"I")))
     assert decode_rows(out) == [(None,)]
+
+
+# ---------------------------------------------------------------- the C loop
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from pgjit.masking import wire  # noqa: E402
+
+_values = st.one_of(st.none(), st.text(max_size=12).map(lambda s: s.encode("utf-8")), st.binary(max_size=12))
+_ops = st.one_of(st.none(), st.just(-1), st.integers(0, 5), st.binary(max_size=6),
+                 st.just(lambda b: b[::-1]), st.just(lambda b: None))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_values, min_size=0, max_size=5), min_size=0, max_size=5),
+       st.one_of(st.none(), st.lists(_ops, max_size=6).map(tuple)), st.binary(max_size=8))
+def test_c_rows_equal_reference(rows_, spec, tail):
+    import pytest as _pytest
+
+    if wire.rows is wire.rows_py:
+        _pytest.fail("the C loop (pgjit.masking._rows) was not built")
+    buf = b"".join(m.DataRow(tuple(r)).encode() for r in rows_) + m.CommandComplete("SELECT 1").encode() + tail
+    assert wire.rows(buf, 0, spec) == wire.rows_py(buf, 0, spec)
