@@ -161,6 +161,7 @@ class Item:
     unknown_taint: Taint | None = None  # the taint of any column when the columns are unknown
     hidden: bool = False  # a JOIN's sides stay visible by their own aliases
     guess: Any = None  # offline (no catalog): column name -> its taint, from the rules alone
+    star_unknown: bool = False  # columns known by name, not by position (a name in several schemas)
 
     def column(self, name: str) -> tuple[bool, Taint | None]:
         if self.columns is None:
@@ -245,19 +246,27 @@ class _Analyzer:
                                              "tell which of its columns are masked")
             return Item(alias, schema, name, None, None)
         columns: list[tuple[str, Taint | None]] | None = None
+        star_unknown = False
         for rel in rels:
             cols = self._relation_columns(rel, depth)
             if columns is None:
                 columns = cols
-            else:  # the same name in several schemas: the search path decides, so assume the worst of each
-                merged = []
-                for i, (n, t) in enumerate(columns):
-                    other = next((t2 for n2, t2 in cols if n2 == n), None)
-                    merged.append((n, _union_branch(t, other)))
-                columns = merged
+                continue
+            # The same name in several schemas: the session's search_path
+            # decides which one it is, so every column of each counts, with
+            # the worst taint of any; where their columns differ, SELECT *
+            # cannot be placed (the server's RowDescription then decides).
+            if [n for n, _ in cols] != [n for n, _ in columns]:
+                star_unknown = True
+            merged = [(n, _union_branch(t, next((t2 for n2, t2 in cols if n2 == n), None))) for n, t in columns]
+            names = {n for n, _ in columns}
+            merged += [(n, t) for n, t in cols if n not in names]
+            columns = merged
         if any(t is not None for _, t in columns or ()):
             self.touches = True
-        return Item(alias, rels[0].schema, rels[0].name, columns)
+        item = Item(alias, rels[0].schema, rels[0].name, columns)
+        item.star_unknown = star_unknown
+        return item
 
     def _may_hold(self, schema: str | None, name: str) -> bool:
         for r in self.profile.rules:
@@ -552,7 +561,7 @@ class _Analyzer:
         if outs is None:
             # Positions unknown: what could be tainted is still decided.
             for it in scope.items:
-                t = it.whole() if it.guess is None else None
+                t = it.whole() if it.columns is None and it.guess is None else None
                 if t is not None and not t.direct and self.profile.refuses_computed(t.rule):
                     self.computed(t)
         return outs
@@ -565,7 +574,7 @@ class _Analyzer:
             items = [it for it in _visible(scope) if it.alias == qual][:1]
         out: list[Out] = []
         for it in items:
-            if it.columns is None:
+            if it.columns is None or it.star_unknown:
                 return None
             out.extend(Out(n, t) for n, t in it.columns)
         return out

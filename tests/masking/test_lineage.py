@@ -180,3 +180,13 @@ def test_cursor_and_prepare_remember_outputs():
                  CATALOG, PROFILE)
     assert parts[0].declares == "k" and [o.masked for o in parts[0].outputs] == [False, True]
     assert parts[1].prepares == "p" and [o.masked for o in parts[1].outputs] == [True]
+
+
+def test_a_name_in_two_schemas_takes_every_column_of_both():
+    rows = {"relations": ROWS["relations"] + [
+        ("200", "archive", "customers", "r", None, "id\x1fname\x1fcreated_at", None, None)]}
+    cat = Catalog.from_rows(rows)
+    with pytest.raises(Refusal):
+        plan("SELECT sha256(convert_to(ssn, 'UTF8')) FROM customers", cat, PROFILE)
+    assert plan("SELECT * FROM customers", cat, PROFILE)[0].outputs is None  # placed by the server's RowDescription
+    assert [o.masked for o in plan("SELECT id, email FROM customers", cat, PROFILE)[0].outputs] == [False, True]
