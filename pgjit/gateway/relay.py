@@ -773,6 +773,8 @@ class Relay:
             else:
                 masker.on_parse(parse_name, raw)
         except MaskRefused as r:
+            if "catalog snapshot" in r.message and self.catalog is not None:
+                self.catalog.request_refresh()  # a name created since the last snapshot
             self.last_refusal = ("deny", r.rule)
             metrics.STATEMENTS_DENIED.labels("deny").inc()
             self._log_refusal(r.rule, "deny", statement_fingerprint(raw) or "unparsable", len(raw))

@@ -207,7 +207,9 @@ class Session:
             if profile is not None:
                 from pgjit.masking.wire import Masker
 
-                masker = Masker(profile, lambda: gate.catalog, lambda: gate.resolver)
+                keeper = self.gateway.catalogs.get(db)
+                masker = Masker(profile, lambda: gate.catalog, lambda: gate.resolver,
+                                keeper.request_refresh if keeper is not None else (lambda: None))
         self.relay = Relay(self.config.limits, self.gateway, session_id=self.id, user=self.principal.user,
                            database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db),
                            recorder=recorder, masker=masker)

@@ -162,6 +162,7 @@ class Item:
     hidden: bool = False  # a JOIN's sides stay visible by their own aliases
     guess: Any = None  # offline (no catalog): column name -> its taint, from the rules alone
     star_unknown: bool = False  # columns known by name, not by position (a name in several schemas)
+    may_hold: bool = False  # a catalog relation the rules could mask columns of
 
     def column(self, name: str) -> tuple[bool, Taint | None]:
         if self.columns is None:
@@ -266,6 +267,7 @@ class _Analyzer:
             self.touches = True
         item = Item(alias, rels[0].schema, rels[0].name, columns)
         item.star_unknown = star_unknown
+        item.may_hold = any(self._may_hold(r.schema, r.name) for r in rels)
         return item
 
     def _may_hold(self, schema: str | None, name: str) -> bool:
@@ -658,10 +660,24 @@ class _Analyzer:
                         ok, t = it.column(col)
                         if ok:
                             return t
-                        return combine(it.whole()) if it.columns is None else None
-                # t.col where t is a whole-row column of composite type: (c).email written c.email is not SQL;
+                        if it.columns is None:
+                            return combine(it.whole())
+                        self._stale(it, col)
+                        return None
             level = level.outer
+        if len(names) == 1:
+            for it in _visible(scope):
+                if it.columns is not None and it.may_hold:
+                    self._stale(it, names[0])
         return None
+
+    def _stale(self, item: Item, column: str) -> None:
+        """A column pgjit's catalog snapshot does not show, in a relation
+        the rules could mask columns of: perhaps added since (the server
+        would refuse a column that does not exist); fail closed."""
+        if item.may_hold:
+            self.refuse("pgjit:masking", f'column "{column}" is not in pgjit\'s catalog snapshot of '
+                                         f"{item.schema}.{item.relname}, so pgjit cannot tell whether it is masked")
 
     def sublink(self, body: dict[str, Any], scope: Scope, depth: int) -> Taint | None:
         kind = body.get("subLinkType")

@@ -78,8 +78,10 @@ class Refused(Exception):
 
 
 class Masker:
-    def __init__(self, profile: MaskProfile, catalog: Callable[[], Any], resolver: Callable[[], Any] = lambda: None) -> None:
+    def __init__(self, profile: MaskProfile, catalog: Callable[[], Any], resolver: Callable[[], Any] = lambda: None,
+                 on_stale: Callable[[], None] = lambda: None) -> None:
         self.profile = profile
+        self.on_stale = on_stale  # the catalog snapshot is behind the server: ask for a fresh one
         self._catalog = catalog
         self._resolver = resolver
         self.prepared: dict[str, Part | None] = {}  # statement name (protocol and SQL PREPARE) -> its part
@@ -299,6 +301,7 @@ class Masker:
         cat = self._catalog()
         rel = cat.relations.get(f.table_oid) if cat is not None else None
         if rel is None:
+            self.on_stale()
             # A relation created since the catalog snapshot: a column-name rule still applies.
             for r in self.profile.rules:
                 if r.column_names and r.masks_column("", "", f.name):
@@ -306,6 +309,12 @@ class Masker:
             return None
         if 0 < f.column <= len(rel.columns):
             return column_rule(cat, self.profile, rel, rel.columns[f.column - 1])
+        # A column the catalog snapshot does not show (added since): masked
+        # whole until a fresh snapshot says otherwise, if the rules could
+        # mask a column of this relation.
+        self.on_stale()
+        if self.profile.may_hold(rel.schema, rel.name):
+            return self.profile.rules[0]
         return None
 
     def _columns(self, part: Part | None, fields: tuple[m.FieldDescription, ...],
