@@ -48,8 +48,13 @@ from pgjit.masking.rules import MaskProfile, MaskRule
 #: extension was installed).
 BLOCKED_RELATIONS = frozenset({
     "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data",
-    "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info",
 })
+#: Catalog columns that hold other sessions' statement texts (their literals):
+#: a masked group may not read them (refused wherever they appear; should one
+#: reach the wire anyway, this rule masks it).
+CATALOG_RULE = MaskRule(name="pgjit:catalog-texts", columns=("*.pg_stat_activity.query",), function="redact")
+CATALOG_MASKED = {"pg_stat_activity": frozenset({"query"}), "pg_stat_statements": frozenset({"query"}),
+                  "pg_stat_get_activity": frozenset({"query"})}
 #: Functions that read tables, queries or other sessions' activity by name.
 BLOCKED_FUNCTIONS = frozenset({
     "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "query_to_xml", "query_to_xmlschema",
@@ -65,6 +70,8 @@ _DEPTH = 16  # views within views, subqueries within subqueries
 def column_rule(catalog: Any, profile: MaskProfile, rel: Any, column: str, depth: int = 0) -> MaskRule | None:
     """The rule masking ``rel``'s ``column``: its own, or that of a relation
     it inherits from (a partition or child table holds its parent's values)."""
+    if column in CATALOG_MASKED.get(rel.name, ()):
+        return CATALOG_RULE
     rule = profile.column_rule(rel.schema, rel.name, column)
     if rule is not None or depth > _DEPTH or catalog is None:
         return rule
@@ -232,6 +239,8 @@ class _Analyzer:
             s_ = schema or "public"
 
             def guess(col: str, s_: str = s_, name: str = name) -> Taint | None:
+                if col in CATALOG_MASKED.get(name, ()):
+                    return Taint(frozenset((CATALOG_RULE,)), f"{s_}.{name}.{col}", True)
                 rule = self.profile.column_rule(s_, name, col)
                 return Taint(frozenset((rule,)), f"{s_}.{name}.{col}", True) if rule else None
 
@@ -287,7 +296,9 @@ class _Analyzer:
         for c in rel.columns:
             rule = column_rule(self.catalog, self.profile, rel, c)
             own.append((c, Taint(frozenset((rule,)), f"{rel.schema}.{rel.name}.{c}", True) if rule else None))
-        if rel.kind in ("v", "m") and rel.view_definition:
+        if rel.kind in ("v", "m") and rel.view_definition and rel.name not in CATALOG_MASKED:
+            # (the catalog views above read other sessions' texts through functions
+            # a masked group may not call itself; their text columns are masked by name)
             view = self._view(rel, depth)
             return [(n, t if t is not None else (view[i][1] if i < len(view) else None)) for i, (n, t) in enumerate(own)]
         return own
@@ -395,6 +406,13 @@ class _Analyzer:
             return [Item(fname, None, None, None, taint)]
         if kind == "RangeTableSample":
             return self.from_item(body["relation"], scope, depth)
+        if kind == "RangeTableFunc":  # XMLTABLE: its columns are computed from its arguments
+            taint = combine(self.expr(body.get("docexpr"), scope, depth), self.expr(body.get("rowexpr"), scope, depth),
+                            *(self.expr((c.get("RangeTableFuncCol") or {}).get("colexpr"), scope, depth)
+                              for c in body.get("columns") or ()))
+            names = [(c.get("RangeTableFuncCol") or {}).get("colname", "") for c in body.get("columns") or ()]
+            alias = body.get("alias") or {}
+            return [Item(alias.get("aliasname") or "xmltable", None, None, [(n, taint) for n in names])]
         self.refuse("pgjit:masking", f"pgjit cannot follow masked columns through a {kind} in FROM")
         return []
 
@@ -550,6 +568,8 @@ class _Analyzer:
             val = rt.get("val")
             if val is not None and "ColumnRef" in val and any("A_Star" in f for f in val["ColumnRef"]["fields"]):
                 expanded = self.star(val["ColumnRef"]["fields"], scope)
+                if expanded is not None and any(o.taint is not None and CATALOG_RULE in o.taint.rules for o in expanded):
+                    self._catalog_text()
                 if expanded is None or outs is None:
                     outs = None
                     continue
@@ -626,6 +646,16 @@ class _Analyzer:
         return combine(*taints)
 
     def column_ref(self, fields: list[Any], scope: Scope) -> Taint | None:
+        t = self._column_ref(fields, scope)
+        if t is not None and CATALOG_RULE in t.rules:
+            self._catalog_text()
+        return t
+
+    def _catalog_text(self) -> None:
+        self.refuse("pgjit:masking", "other sessions' statement texts (pg_stat_activity.query, pg_stat_statements.query) "
+                                     "are not readable by a masked group: they hold those statements' literals")
+
+    def _column_ref(self, fields: list[Any], scope: Scope) -> Taint | None:
         if any("A_Star" in f for f in fields):
             # t.* inside an expression (row_to_json(t.*), count(*) has no ColumnRef)
             items = [it for it in _visible(scope) if len(fields) == 1 or it.alias == _s(fields[-2])]
