@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name in ("pgjit+gate", "jit+gate", "jit+audit"))]
             if name in ("1M-masked", "1M-unmasked"):
                 wtargets = [direct, targets[3], masked]  # direct, pgjit+gate, pgjit+mask
+            elif name in ("select-simple", "latency-1client"):
+                wtargets = wtargets + [masked]  # a masked session's small statements (the Python path)
             results = {t.name: Result() for t in wtargets}
             for _ in range(args.rounds):
                 for t in wtargets:
