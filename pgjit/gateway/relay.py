@@ -735,7 +735,8 @@ class Relay:
             log.info("audit rule matched (shadow mode)", extra={"session": self.session_id, "rules": ",".join(decision.shadow)})
         if decision.allowed:
             if self.masker is not None and not startup:  # a startup setting gets no reply to mask
-                error = self._mask_statement(raw, parse_name)
+                dynamic = any(f.dynamic_sql or f.unknown_body for f in analysis.statements)
+                error = self._mask_statement(raw, parse_name, dynamic)
                 if error is not None:
                     return error
             if _changes_catalog(analysis):
@@ -761,13 +762,17 @@ class Relay:
             hint=decision.hint or "ask a DBA if you need this",
         )
 
-    def _mask_statement(self, raw: bytes, parse_name: str | None) -> PgjitError | None:
+    def _mask_statement(self, raw: bytes, parse_name: str | None, dynamic: bool = False) -> PgjitError | None:
         """Tell the masker about an allowed Query or Parse; the error to
         answer instead when the masking rules refuse it (an oracle, a
         computed column, something pgjit cannot follow)."""
         masker = self.masker
         assert masker is not None
         try:
+            if dynamic:
+                # SQL run from a string, or code pgjit cannot read: its columns cannot be followed.
+                raise MaskRefused("pgjit:masking", "the statement runs SQL pgjit cannot see (dynamic SQL or a body "
+                                                   "it cannot read), so pgjit cannot follow masked columns through it")
             if parse_name is None:
                 masker.on_query(raw)
             else:
