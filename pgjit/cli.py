@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     mods = []
-    for name in ("pgjit.policy.tool", "pgjit.audit.tool", "pgjit.identity.devissuer", "pgjit.devtools.dsncmd"):
+    for name in ("pgjit.policy.tool", "pgjit.audit.tool", "pgjit.approvals.tool", "pgjit.identity.devissuer", "pgjit.devtools.dsncmd"):
         try:
             mods.append(__import__(name, fromlist=["build_parser"]))
         except ImportError:

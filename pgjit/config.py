@@ -143,6 +143,19 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    """Statements held for a human's approval (docs/approvals.md)."""
+
+    hold_timeout: float = 300.0  # how long a held statement waits for a decision
+    reuse_window: float = 600.0  # how long an approval that came after its hold timed out stays usable
+    single_use: bool = True  # an approval runs its statement once
+    poll_interval: float = 0.5  # how often a gateway looks for decisions (SQLite; a PostgreSQL store also NOTIFYs)
+    webhook: str | None = None  # a URL every new request is POSTed to (JSON)
+    webhook_format: str = "json"  # json | slack
+    public_url: str | None = None  # how approvers reach this gateway's API, for the notices and the webhook
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The HTTP API (/metrics, /healthz, /readyz). Loopback unless told otherwise."""
 
@@ -218,6 +231,7 @@ class Config:
     api: ApiConfig | None = None  # no API unless the section is there
     store: StoreConfig | None = None
     audit: AuditConfig | None = None  # no audit trail unless the section is there
+    approvals: ApprovalsConfig | None = None  # require_approval is refused unless the section is there
     #: Settings that came from the environment: dotted key -> variable name
     #: (names only; values may be secrets).
     env_overrides: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -439,7 +453,7 @@ def _nonnegative_float(v: Any) -> float:
 # Loading
 # --------------------------------------------------------------------------
 
-TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "api", "store", "audit"}
+TOP_KEYS = {"listen", "tls", "timeouts", "limits", "log", "auth", "targets", "oidc", "api", "store", "audit", "approvals"}
 
 #: Sections of the target design that this version does not implement yet.
 #: They are refused rather than ignored: whoever writes one believes it works.
@@ -588,6 +602,21 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         )
 
     store, audit = _store_and_audit(ctx, data, base)
+    approvals = None
+    if "approvals" in data:
+        ap = _section(ctx, data.get("approvals"), ("approvals",),
+                      {"hold_timeout", "reuse_window", "single_use", "poll_interval", "webhook", "webhook_format", "public_url"})
+        if store is None:
+            raise ctx.error(("approvals",), "approvals need the store (and audit) sections: requests and decisions live in the store")
+        approvals = ApprovalsConfig(
+            hold_timeout=_get(ctx, ap, ("approvals",), "hold_timeout", _positive_float, 300.0),
+            reuse_window=_get(ctx, ap, ("approvals",), "reuse_window", _positive_float, 600.0),
+            single_use=_get(ctx, ap, ("approvals",), "single_use", _bool, True),
+            poll_interval=_get(ctx, ap, ("approvals",), "poll_interval", _positive_float, 0.5),
+            webhook=_get(ctx, ap, ("approvals",), "webhook", _str, None),
+            webhook_format=_get(ctx, ap, ("approvals",), "webhook_format", _choice("json", "slack"), "json"),
+            public_url=_get(ctx, ap, ("approvals",), "public_url", _str, None),
+        )
 
     return Config(
         source=fname,
@@ -602,6 +631,7 @@ def parse_config(text: str, fname: str = "<config>", *, base: Path | None = None
         api=api,
         store=store,
         audit=audit,
+        approvals=approvals,
         env_overrides={".".join(p): v for p, v in sorted(env.items()) if v[len(ENV_PREFIX) :].lower().split("__") == list(p)},
     )
 

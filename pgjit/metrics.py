@@ -43,7 +43,11 @@ JIT_CONNECT_SECONDS = Histogram(
 JIT_ROLE_EVENTS = Counter(
     "pgjit_jit_role_events_total", "Just-in-time roles created and revoked", ["event"]  # created | revoked | swept
 )
-CANCEL_REQUESTS = Counter("pgjit_cancel_requests_total", "CancelRequests received", ["result"])  # forwarded | unknown
+CANCEL_REQUESTS = Counter("pgjit_cancel_requests_total", "CancelRequests received", ["result"])  # forwarded | unknown | withdrew
+APPROVAL_OUTCOMES = Counter(
+    "pgjit_approval_outcomes_total", "Statements held for approval, by how they ended",
+    ["outcome"],  # approved | denied | timeout | withdrawn | reused | error
+)
 STATEMENTS_DENIED = Counter(
     "pgjit_statements_denied_total", "Statements the gate refused", ["action"]  # deny | require_approval
 )
@@ -141,6 +145,9 @@ class _GatewayState(Collector):
         for target, ok in sorted(state["upstream_up"].items()):  # type: ignore[union-attr]
             up.add_metric([target], 1 if ok else 0)
         yield up
+        if "approvals_held" in state:
+            yield GaugeMetricFamily("pgjit_approvals_held", "Statements held on the wire for an approval now (this process)",
+                                    value=state["approvals_held"])
         if "audit_queue" in state:
             yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store",
                                     value=state["audit_queue"])

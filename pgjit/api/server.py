@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -44,14 +44,30 @@ def _json(status: str, obj: object, head_only: bool) -> bytes:
     return _response(status, "application/json", (json.dumps(obj, sort_keys=True) + "\n").encode(), head_only=head_only)
 
 
+#: approvals(method, path, headers, body) -> (HTTP status, JSON object)
+ApprovalsHandler = Callable[[str, str, dict, bytes], Awaitable[tuple[int, object]]]
+_STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found",
+           409: "409 Conflict", 500: "500 Internal Server Error"}
+_MAX_BODY = 8192
+
+
 class Api:
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: Readiness, approvals: "ApprovalsHandler | None" = None) -> None:
         self.readiness = readiness
+        self.approvals = approvals
         self._slots = trio.Semaphore(_MAX_CONNECTIONS)
+
+    async def route_async(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        if path.split("?", 1)[0].rstrip("/").startswith("/approvals"):
+            if self.approvals is None:
+                return _json("404 Not Found", {"error": "approvals are not configured on this gateway (approvals section)"}, False)
+            status, obj = await self.approvals(method, path, headers, body)
+            return _json(_STATUS.get(status, f"{status} Error"), obj, method == "HEAD")
+        return self.route(method, path)
 
     def route(self, method: str, path: str) -> bytes:
         if method not in ("GET", "HEAD"):
-            return _json("405 Method Not Allowed", {"error": "only GET and HEAD"}, False)
+            return _json("405 Method Not Allowed", {"error": "only GET and HEAD (POST for /approvals)"}, False)
         head_only = method == "HEAD"
         path = path.split("?", 1)[0]
         if path == "/metrics":
@@ -73,15 +89,21 @@ class Api:
         async with self._slots:
             try:
                 with trio.move_on_after(_READ_TIMEOUT) as scope:
-                    head = await _read_head(stream)
-                if scope.cancelled_caught or head is None:
+                    got = await _read_request(stream)
+                if scope.cancelled_caught or got is None:
                     out = _json("400 Bad Request", {"error": "incomplete or oversized request"}, False)
                 else:
-                    parts = head.split(b"\r\n", 1)[0].split(b" ")
+                    head, body = got
+                    lines = head.split(b"\r\n")
+                    parts = lines[0].split(b" ")
                     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
                         out = _json("400 Bad Request", {"error": "not an HTTP/1.x request line"}, False)
                     else:
-                        out = self.route(parts[0].decode("latin-1"), parts[1].decode("latin-1"))
+                        headers = {}
+                        for line in lines[1:]:
+                            k, _, v = line.decode("latin-1").partition(":")
+                            headers[k.strip().lower()] = v.strip()
+                        out = await self.route_async(parts[0].decode("latin-1"), parts[1].decode("latin-1"), headers, body)
                 with trio.move_on_after(_READ_TIMEOUT):
                     await stream.send_all(out)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -92,7 +114,8 @@ class Api:
                 await stream.aclose()
 
 
-async def _read_head(stream: trio.abc.Stream) -> bytes | None:
+async def _read_request(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
+    """The head and the body (Content-Length, at most 8 KiB) of one request."""
     buf = bytearray()
     while b"\r\n\r\n" not in buf:
         if len(buf) > _MAX_HEAD:
@@ -101,7 +124,24 @@ async def _read_head(stream: trio.abc.Stream) -> bytes | None:
         if not data:
             return None
         buf += data
-    return bytes(buf[: buf.index(b"\r\n\r\n")])
+    end = buf.index(b"\r\n\r\n")
+    head, rest = bytes(buf[:end]), bytes(buf[end + 4 :])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            try:
+                length = int(v.strip())
+            except ValueError:
+                return None
+    if length < 0 or length > _MAX_BODY:
+        return None
+    while len(rest) < length:
+        data = await stream.receive_some(4096)
+        if not data:
+            return None
+        rest += data
+    return head, rest[:length]
 
 
 async def serve(api: Api, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]

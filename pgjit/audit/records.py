@@ -52,3 +52,14 @@ def config_load(config_hash: str, policies: Mapping[str, str]) -> dict[str, Any]
     version it was made under (statement records carry the hash too)."""
     return {"kind": "config_load", "session_id": None, "person": None, "target": None, "decision": None,
             "body": {"config_hash": config_hash, "policies": dict(policies)}}
+
+
+def approval(session_id: str, *, person: str | None, target: str, request: str, event: str, rule: str,
+             decisions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A statement held for approval: requested, approved, denied, timeout,
+    withdrawn, used (an earlier approval let it run); decisions name the approvers."""
+    body: dict[str, Any] = {"request": request, "event": event, "rule": rule}
+    if decisions is not None:
+        body["decisions"] = decisions
+    return {"kind": "approval", "session_id": session_id, "person": person, "target": target,
+            "decision": event, "body": body}

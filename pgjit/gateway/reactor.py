@@ -52,6 +52,8 @@ class RelayedSession(Protocol):
 
     def upstream_eof(self) -> None: ...
 
+    def start_hold(self, channel: "Channel") -> None: ...  # a statement waits for an approval (pgjit.gateway.holds)
+
 log = logging.getLogger("pgjit.gateway.reactor")
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
@@ -135,6 +137,7 @@ class Channel:
         self._backlog: dict[int, memoryview | None] = {self.cfd: None, self.ufd: None}  # unsent, per destination
         self._mask = {self.cfd: _IN, self.ufd: _IN}
         self._done = trio.Event()
+        self.holding = False  # a statement of this session waits for an approval
         self.error: BaseException | None = None
         self.closed = False
         # A relay owns no receive buffer: every read goes into the reactor's
@@ -198,6 +201,12 @@ class Channel:
         out, stop = self.relay.from_client(data)
         if out:
             self._send(self.ufd, out)
+        if self.relay.hold is not None and not self.holding:
+            # A statement waits for an approval: the client is not read until
+            # it is decided (the session's hold task calls release).
+            self.holding = True
+            self._set_mask(self.cfd, self._mask[self.cfd] & ~_IN)
+            self.session.start_hold(self)
         if stop:
             self.session.end_reason = "ok"
             if self.relay.terminating:
@@ -209,6 +218,34 @@ class Channel:
                 self._finish()
         self._sync()
 
+    def send_between(self, data: bytes) -> None:
+        """Bytes of pgjit's own (a NOTICE) for the client, at a message
+        boundary: after what is queued for it; not while a large row streams."""
+        if self.closed or self.relay._s_skip:
+            return
+        backlog = self._backlog[self.cfd]
+        if backlog is not None:
+            self._backlog[self.cfd] = memoryview(bytes(backlog) + data)
+            return
+        self._send(self.cfd, data)
+
+    def release(self, error: BaseException | None) -> None:
+        """The held statement was decided (None: it runs; else the error it is
+        refused with): what the client sent from it on goes through the relay
+        again, and the client is read again unless another statement is held."""
+        if self.closed:
+            return
+        try:
+            data = self.relay.release(error)  # type: ignore[arg-type]
+            self.holding = False
+            if data:
+                self.feed_client(data)
+            if not self.holding and not self.closed and self._backlog[self.ufd] is None and not self.relay.terminating:
+                self._set_mask(self.cfd, self._mask[self.cfd] | _IN)
+            self._sync()
+        except BaseException as e:
+            self._finish(e)
+
     def _sync(self) -> None:
         """Tell the C path which directions it may take: none with bytes
         carried over, a backlog, or a refusal's reply still to rewrite."""
@@ -217,6 +254,8 @@ class Channel:
             relay, backlog = self.relay, self._backlog
             halted = relay.halted
             core.c_fast = (not halted and not relay.terminating and backlog[self.ufd] is None and relay._c_pending is None
+                           # approvals: a held statement, or prepared ones whose Executes are held
+                           and relay.hold is None and not relay._approval_stmts
                            # the audit store failing: statements take the Python path, which
                            # records each before it goes up, or refuses it (fail_closed)
                            and (relay.recorder is None or not relay.recorder.degraded))
@@ -399,8 +438,8 @@ class Channel:
             return
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] & ~_OUT)
-        if source == self.cfd and self.relay.terminating:
-            return  # nothing more is read from a client that sent Terminate
+        if source == self.cfd and (self.relay.terminating or self.holding):
+            return  # nothing more is read from a client that sent Terminate, or while a statement is held
         self._set_mask(source, self._mask[source] | _IN)
 
     def _set_mask(self, fd: int, mask: int) -> None:

@@ -97,6 +97,19 @@ _BODY_NEEDED = frozenset(b"CE")  # the command tag, the SQLSTATE
 _BACKEND_WATCH = frozenset((B_READY, B_ERROR, B_PARAMETER_STATUS, B_COPY_IN))
 
 
+@dataclasses.dataclass
+class Hold:
+    """A statement the policy says needs a human's approval, held: it (and
+    everything the client sent after it) waits in ``Relay._held`` until the
+    session's hold (pgjit.gateway.holds) decides, then ``Relay.release``."""
+
+    text: bytes  # its SQL
+    rule: str  # the require_approval rule
+    message: str | None  # the rule's message
+    params: tuple[bytes | None, ...] | None = None  # an Execute's Bind values (extended protocol)
+    protocol: str = "simple"
+
+
 def lexer_error(reason: str) -> FatalError:
     return FatalError(
         f"terminating connection: {reason}, which pgjit cannot check statements under",
@@ -257,6 +270,18 @@ class Relay:
         self.masker = masker
         if masker is not None:
             self._c_watch = self._c_watch | _AUDIT_FRONTEND
+        # Approvals (pgjit.gateway.holds): set by the session when the gateway
+        # holds require_approval statements instead of refusing them.
+        self.approvals = False
+        self.hold: Hold | None = None
+        self._held: bytes = b""  # the held statement's frame and everything after it
+        self._release: tuple[bytes, tuple | None, PgjitError | None] | None = None  # how the held one goes, once
+        self._approval_stmts: dict[str, tuple[bytes, str, str | None]] = {}  # prepared name -> (SQL, rule, message)
+        self._approval_portals: dict[str, tuple[bytes, str, str | None, tuple]] = {}  # portal -> (SQL, rule, msg, params)
+
+    def enable_approvals(self) -> None:
+        self.approvals = True
+        self._c_watch = self._c_watch | frozenset((F_BIND,))
 
     @property
     def idle(self) -> bool:
@@ -275,6 +300,13 @@ class Relay:
         """Bytes from the client -> (bytes for the upstream, stop after sending)."""
         if self.halted:
             return None, True  # the server's lexer state left the gate's: nothing more goes up
+        if self.hold is not None:
+            # Held: what else the client sends waits behind the held statement.
+            self._held += bytes(data)
+            if len(self._held) > self.limits.max_message_size:
+                raise FatalError("out of memory: too much sent behind a statement held for approval",
+                                 sqlstate="53200", hint="wait for the held statement's answer")
+            return None, False
         pending = self._c_pending
         if pending is not None:
             pending += data
@@ -286,7 +318,7 @@ class Relay:
         if not end:
             return None, False
         stop = False
-        if frames and (self.queue is not None or self.masker is not None):
+        if frames and (self.queue is not None or self.masker is not None or self.approvals):
             rebuilt, stop = self._frontend_frames(data, frames, end)
             if rebuilt is not None:
                 return rebuilt, stop
@@ -453,8 +485,19 @@ class Relay:
         out: list[bytes] = []
         seg = 0
         queue = self.queue
-        tracked = queue is not None or self.masker is not None
+        tracked = queue is not None or self.masker is not None or self.approvals
         for tag, start, stop in frames:
+            if self.approvals and (tag == F_QUERY or tag == F_EXECUTE):
+                hold = self._hold_for(tag, buf, start, stop)
+                if hold is not None:
+                    # This statement and everything after it wait for the
+                    # decision; what came before goes now.
+                    self.hold = hold
+                    self._held = bytes(buf[start:end]) + (bytes(self._c_pending) if self._c_pending is not None else b"")
+                    self._c_pending = None
+                    self._account_buffered(0)
+                    out.append(bytes(buf[seg:start]))
+                    return b"".join(out), False
             if tag in _COUNT_ONLY:
                 self._count(tag)
                 if tracked and tag != F_QUERY:
@@ -525,6 +568,68 @@ class Relay:
 
     # ----------------------------------------------------------- audit
 
+    # ----------------------------------------------------------- approvals
+
+    def _hold_for(self, tag: int, buf, start: int, stop: int) -> Hold | None:  # type: ignore[no-untyped-def]
+        """Must this Query or Execute wait for an approval? Not when it is the
+        held statement coming back with its decision (``_release``)."""
+        if tag == F_QUERY:
+            text, params, protocol = bytes(buf[start + 5 : stop - 1]), None, "simple"
+            rule = message = None
+            if self.gate is None:
+                return None
+            try:
+                _, decision = self.gate.verdict(text, self.groups, self.prepared, self.overlay)
+            except Exception:
+                return None  # gate_statement reports it
+            if decision.action != "require_approval":
+                return None
+            rule, message = decision.rule or "default", decision.message
+        else:
+            portal, _ = _execute_args(buf, start + 5, stop)
+            entry = self._approval_portals.get(portal)
+            if entry is None:
+                return None
+            text, rule, message, params = entry
+            protocol = "extended"
+        release = self._release
+        if release is not None and release[0] == text and release[1] == params:
+            return None  # decided: gate_statement (or _track) lets it run or refuses it
+        return Hold(text, rule, message, params, protocol)
+
+    def _track_approval_portal(self, buf, start: int, stop: int) -> None:  # type: ignore[no-untyped-def]
+        """A Bind of a statement that needs approval: its portal's Execute is held."""
+        portal = _cstr_at(buf, start + 5, stop)
+        name = _cstr_at(buf, min(_find0(buf, start + 5, stop) + 1, stop), stop)
+        entry = self._approval_stmts.get(name)
+        if entry is None:
+            self._approval_portals.pop(portal, None)
+            return
+        try:
+            params = m.Bind.decode(bytes(buf[start + 5 : stop])).params
+        except Exception:
+            params = ()
+        self._approval_portals[portal] = (entry[0], entry[1], entry[2], tuple(params))
+
+    def release(self, error: PgjitError | None) -> bytes:
+        """The held statement's decision: None runs it, an error refuses it in
+        its place. Returns the held bytes, to feed to ``from_client`` again
+        (the held statement first, decided; the rest as it comes)."""
+        hold = self.hold
+        assert hold is not None
+        self._release = (hold.text, hold.params, error)
+        self.hold = None
+        held, self._held = self._held, b""
+        return held
+
+    def _released(self, text: bytes, params: tuple | None) -> tuple[bool, PgjitError | None]:
+        """(is this the held statement coming back, the error to refuse it with)."""
+        release = self._release
+        if release is not None and release[0] == text and release[1] == params:
+            self._release = None
+            return True, release[2]
+        return False, None
+
     def _track(self, tag: int, buf, start: int, stop: int) -> bytes | None:  # type: ignore[no-untyped-def]
         """Tell the statement queue about a client message the server will
         answer (audit on). Returns a stand-in when an Execute cannot be
@@ -532,6 +637,17 @@ class Relay:
         queue, masker = self.queue, self.masker
         if tag == F_EXECUTE:
             portal, max_rows = _execute_args(buf, start + 5, stop)
+            entry = self._approval_portals.get(portal)
+            if entry is not None:
+                back, error = self._released(entry[0], entry[3])
+                if not back:  # pragma: no cover - _hold_for holds it first
+                    return self._refuse(InsufficientPrivilege("statement needs approval"), sync=False)
+                if error is not None:
+                    self._log_refusal(entry[1], "require_approval", statement_fingerprint(entry[0]) or "unparsable", stop - start)
+                    if queue is not None:
+                        self._record(queue.refused_parse("", entry[0], size=stop - start, rule=entry[1],
+                                                         sqlstate=error.sqlstate), refused=True)
+                    return self._refuse(error, sync=False)
             if queue is not None:
                 st = queue.execute(portal, max_rows, size=stop - start)
                 if not self._record(st):
@@ -544,6 +660,8 @@ class Relay:
             if masker is not None:
                 masker.on_sync()
         elif tag == F_BIND:
+            if self.approvals:
+                self._track_approval_portal(buf, start, stop)
             if queue is not None:
                 portal_end = _find0(buf, start + 5, stop)
                 params = None
@@ -733,7 +851,27 @@ class Relay:
             )
         if decision.shadow:
             log.info("audit rule matched (shadow mode)", extra={"session": self.session_id, "rules": ",".join(decision.shadow)})
-        if decision.allowed:
+        rule = decision.rule or "default"
+        allowed = decision.allowed
+        if decision.needs_approval and self.approvals and not startup:
+            if parse_name is not None:
+                # Extended protocol: the Parse runs nothing; the Execute of a
+                # portal bound to it is held, with its parameters (_hold_for).
+                self._approval_stmts[parse_name] = (raw, rule, decision.message)
+                allowed = True
+            else:
+                back, error = self._released(raw, None)
+                if back and error is not None:
+                    self.last_refusal = ("approval", rule)
+                    metrics.STATEMENTS_DENIED.labels(decision.action).inc()
+                    self._log_refusal(rule, decision.action, statement_fingerprint(raw) or "unparsable", len(raw))
+                    return error
+                if back:
+                    log.info("statement approved", extra={"session": self.session_id, "rule": rule})
+                    allowed = True
+        elif parse_name is not None:
+            self._approval_stmts.pop(parse_name, None)
+        if allowed:
             if self.masker is not None and not startup:  # a startup setting gets no reply to mask
                 dynamic = any(f.dynamic_sql or f.unknown_body for f in analysis.statements)
                 error = self._mask_statement(raw, parse_name, dynamic)
@@ -744,7 +882,6 @@ class Relay:
             if parse_name or _changes_prepared(analysis):
                 self._track_prepared(analysis, parse_name)
             return None
-        rule = decision.rule or "default"
         self.last_refusal = ("approval" if decision.needs_approval else "deny", rule)
         if decision.message and "catalog yet" in decision.message:
             if self.catalog is not None:

@@ -162,6 +162,14 @@ class Gateway:
         self.upstream_up: dict[str, bool | None] = {name: None for name in config.targets}
         self.upstream_detail: dict[str, str] = {name: "not probed yet" for name in config.targets}
         self.api_addresses: list[tuple[str, int]] = []
+        # Statements held for approval (pgjit.gateway.holds): with an approvals
+        # section, require_approval holds instead of refusing.
+        self.approvals = None
+        if config.approvals is not None and config.store is not None:
+            from pgjit.approvals.store import ApprovalStore
+            from pgjit.gateway.holds import Approvals
+
+            self.approvals = Approvals(config.approvals, ApprovalStore(config.store.url), self.verifier)
         metrics.watch_gateway(self.metrics_state)
 
     def _catalog_connect(self, t: TargetConfig):  # type: ignore[no-untyped-def]
@@ -228,6 +236,12 @@ class Gateway:
             metrics.CANCEL_REQUESTS.labels("unknown").inc()
             log.info("cancel request for an unknown session")
             return
+        if session.cancel_hold():
+            # The statement waiting for an approval never reached the server:
+            # the request is withdrawn and the client gets 57014.
+            metrics.CANCEL_REQUESTS.labels("withdrew").inc()
+            log.info("cancel request withdrew a held statement", extra={"target_session": session.id})
+            return
         metrics.CANCEL_REQUESTS.labels("forwarded").inc()
         log.info("forwarding cancel request", extra={"target_session": session.id})
         await send_cancel(session.upstream)
@@ -264,11 +278,14 @@ class Gateway:
                 background.start_soon(keeper.run)
             if self.verifier is not None:
                 background.start_soon(self._refresh_jwks)
+            if self.approvals is not None:
+                background.start_soon(self.approvals.watch)
             if self.config.api is not None:
                 await background.start(self._probe_upstreams)
                 api_cfg = self.config.api
                 self.api_addresses = await background.start(
-                    api_server.serve, api_server.Api(self.readiness), api_cfg.host, api_cfg.port
+                    api_server.serve, api_server.Api(self.readiness, self.approvals.api if self.approvals is not None else None),
+                    api_cfg.host, api_cfg.port
                 )
             async with trio.open_nursery() as session_nursery:
                 async with trio.open_nursery() as listen_nursery:
@@ -320,6 +337,7 @@ class Gateway:
             "upstream_up": {name: bool(up) for name, up in self.upstream_up.items()},
             "buffered": self.buffered,
             **({"audit_queue": self.writer.depth} if self.writer is not None else {}),
+            **({"approvals_held": self.approvals.held} if self.approvals is not None else {}),
         }
 
     def readiness(self) -> dict[str, tuple[bool, str]]:

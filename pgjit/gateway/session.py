@@ -90,6 +90,13 @@ class Session:
         self._tls_handshake = False  # between our "S" and a finished TLS handshake
         self.counted_starting = False  # counted in gateway.starting (set by the accept loop)
         self._relay_scope: trio.CancelScope | None = None
+        self._relay_nursery: trio.Nursery | None = None
+        # Approvals: the event a CancelRequest sets while a statement is held,
+        # the channel it is held on (reactor path), the grant's settings.
+        self._hold_cancel: trio.Event | None = None
+        self._hold_channel = None
+        self._grant_settings: tuple[tuple[str, str], ...] = ()
+        self._client_send_lock = trio.StrictFIFOLock()  # TLS path: the hold's NOTICE and the relayed bytes
         self._scope: trio.CancelScope | None = None
         self._terminate_error: PgjitError | None = None
         self.end_reason = "ok"
@@ -214,6 +221,8 @@ class Session:
                            database=db, gate=gate, groups=self.groups, catalog=self.gateway.catalogs.get(db),
                            recorder=recorder, masker=masker)
         self.relay.arm_drain = self._arm_drain
+        if self.gateway.approvals is not None and gate is not None:
+            self.relay.enable_approvals()
         log.info("client authenticated", extra={"user": self.principal.user, "database": db})
         if gate is not None:
             self._gate_startup_settings(params)
@@ -366,6 +375,8 @@ class Session:
         principal = self.principal
         assert principal is not None
         grant = target.policy.access_for(principal.groups)
+        if grant is not None:
+            self._grant_settings = tuple(grant.settings)
         if grant is None:
             raise InvalidAuthorization(
                 f'no access to database "{target.name}" for {principal.user}',
@@ -485,6 +496,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._relay_scope = nursery.cancel_scope
+                self._relay_nursery = nursery
                 if self._terminate_error is not None:
                     nursery.cancel_scope.cancel()
                 if self.ends_at is not None:
@@ -528,6 +540,62 @@ class Session:
         if scope is not None and ctr.rfq_sent == ctr.rfq_received:
             scope.deadline = min(scope.deadline, trio.current_time() + _DRAIN_GRACE)
 
+    # ------------------------------------------------------------ approvals
+
+    def start_hold(self, channel) -> None:  # type: ignore[no-untyped-def]
+        """The reactor's channel holds a statement (relay.hold): wait for its
+        decision in a task of the relay's nursery, then release it."""
+        self._hold_cancel = trio.Event()
+        self._hold_channel = channel
+        assert self._relay_nursery is not None
+        self._relay_nursery.start_soon(self._hold_task, channel)
+
+    async def _hold_task(self, channel) -> None:  # type: ignore[no-untyped-def]
+        from pgjit.gateway import holds
+
+        error = await holds.hold(self, self.relay.hold, self._hold_cancel)
+        self._hold_cancel = None
+        self._hold_channel = None
+        channel.release(error)
+
+    def cancel_hold(self) -> bool:
+        """A CancelRequest: withdraw the held statement, if there is one."""
+        if self._hold_cancel is None:
+            return False
+        self._hold_cancel.set()
+        return True
+
+    def statement_timeout_seconds(self) -> float | None:
+        """The session's statement_timeout as the policy's grant sets it (a
+        hold never waits longer)."""
+        for key, value in self._grant_settings:
+            if key == "statement_timeout" and value.endswith("ms") and value[:-2].isdigit() and int(value[:-2]) > 0:
+                return int(value[:-2]) / 1000
+        return None
+
+    async def notice(self, text: str) -> None:
+        """A NOTICE to the client, between two of the server's messages."""
+        data = m.NoticeResponse((("S", "NOTICE"), ("V", "NOTICE"), ("C", "01000"), ("M", text))).encode()
+        channel = self._hold_channel
+        if channel is not None:
+            channel.send_between(data)
+            return
+        async with self._client_send_lock:
+            if not self.relay._s_skip:
+                with trio.move_on_after(5):
+                    await self.client.send_all(data)
+
+    def record_approval(self, rid: str, event: str, rule: str, req=None) -> None:  # type: ignore[no-untyped-def]
+        writer = self.gateway.writer
+        if writer is None:
+            return
+        from pgjit.audit import records
+
+        writer.submit(records.approval(self.id, person=self._person, target=self.database or "", request=rid,
+                                       event=event, rule=rule,
+                                       decisions=[d.as_dict() for d in req.decisions] if req is not None else None),
+                      force=True)
+
     def upstream_eof(self) -> None:
         """The upstream closed: if the client was not told why, say so."""
         relay = self.relay
@@ -554,6 +622,15 @@ class Session:
                     out, stop = self.relay.from_client(data)
                     if out:
                         await up.send_all(out)
+                    while self.relay.hold is not None and not stop:
+                        from pgjit.gateway import holds
+
+                        self._hold_cancel = trio.Event()
+                        error = await holds.hold(self, self.relay.hold, self._hold_cancel)
+                        self._hold_cancel = None
+                        out, stop = self.relay.from_client(self.relay.release(error))
+                        if out:
+                            await up.send_all(out)
                     if stop:
                         # A Terminate that went upstream (``terminating``): the
                         # server's side closes first, after anything it still
@@ -591,7 +668,8 @@ class Session:
                     return
                 if out:
                     self._client_mid_message = True
-                    await client.send_all(out)
+                    async with self._client_send_lock:
+                        await client.send_all(out)
                     self._client_mid_message = self.relay._s_skip > 0
         finally:
             self._relay_scope.cancel()  # type: ignore[union-attr]

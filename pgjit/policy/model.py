@@ -289,6 +289,9 @@ class Rule:
     message: str | None = None
     hint: str | None = None
     line: int = 0
+    approvers: tuple[str, ...] = ()  # require_approval: the groups that may approve
+    approvals: int = 1  # require_approval: from this many different people
+    evidence: bool = False  # require_approval: a rolled-back dry run shown to the approver
 
     def applies_to(self, groups: frozenset[str]) -> bool:
         return "*" in self.groups or not groups.isdisjoint(self.groups)
@@ -407,6 +410,9 @@ class Policy:
     def from_text(cls, text: str, filename: str = "<policy>") -> Policy:
         data, marks = load_yaml(text, filename)
         return _build(data, marks, filename)
+
+    def rule_named(self, name: str | None) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
 
     def masking_profile(self, groups: Iterable[str], key: bytes) -> Any:
         """The masking rules that apply to ``groups`` (a
@@ -845,8 +851,12 @@ def _build(data: Any, marks: _Marks, filename: str) -> Policy:
                 message=raw.get("message"),
                 hint=raw.get("hint"),
                 line=marks.line(path),
+                approvers=tuple(raw.get("approvers", ())),
+                approvals=int(raw.get("approvals", 1)),
+                evidence=bool(raw.get("evidence", False)),
             )
         )
+
     access: list[AccessEntry] = []
     for i, raw in enumerate(data.get("access", [])):
         path = ("access", i)
