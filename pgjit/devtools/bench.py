@@ -326,6 +326,61 @@ def fmt_row(name: str, r: Result, direct_tps: float) -> str:
     return f"  {name:<11} {tps:>11,.0f} {tps / direct_tps:>7.2f}x {cpu}"
 
 
+APPROVALS_POLICY = """version: 1
+rules:
+  - name: deletes-need-approval
+    match: {kind: [delete]}
+    action: require_approval
+    approvers: [dba]
+default: allow
+"""
+
+
+def held_section(pgbench: str, t: Target, clients: int, duration: float, rounds: int, held: int = 50) -> None:
+    """-S simple through a gateway that holds statements for approval, with
+    none held and with ``held`` sessions each waiting on a held DELETE:
+    held statements must hold nothing else (issue 13)."""
+    import threading
+
+    import psycopg
+
+    args = ["-S", "-M", "simple", "-c", str(clients), "-j", "2"]
+    conns: list = []
+    threads: list = []
+
+    def hold_one() -> None:
+        conn = psycopg.connect(f"host=127.0.0.1 port={t.port} dbname=appdb user=held{len(conns)} password=x",
+                               autocommit=True, connect_timeout=10)
+        conns.append(conn)
+        try:
+            conn.execute("DELETE FROM pgbench_history WHERE false")
+        except Exception:
+            pass  # the session closes at the end (the request is withdrawn)
+
+    base, loaded = [], []
+    for _ in range(rounds):
+        base.append(measure(pgbench, t, args, duration)[0])
+    for _ in range(held):
+        th = threading.Thread(target=hold_one, daemon=True)
+        th.start()
+        threads.append(th)
+    deadline = time.monotonic() + 30
+    while len(conns) < held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the holds are registered
+    for _ in range(rounds):
+        loaded.append(measure(pgbench, t, args, duration)[0])
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+    b, lo = statistics.median(base), statistics.median(loaded)
+    print(f"\nheld statements (issue 13): -S simple, {clients} clients, through {t.name}")
+    print(f"  none held     {b:>10,.0f} TPS")
+    print(f"  {held} held       {lo:>10,.0f} TPS   ({lo / b:.2f}x)")
+
+
 MASK_POLICY = """version: 1
 rules: []
 default: allow
@@ -392,6 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         mask_policy.write_text(MASK_POLICY)
         mproc, mport = start_pgjit(workdir, pg, "pgjit-masked", target={"policy": str(mask_policy)})
         procs.append(mproc)
+        # Approvals (issue 13): a gateway whose policy holds DELETEs for an
+        # approval; -S simple through it with none held and with 50 held.
+        appr_policy = workdir / "approvals.yaml"
+        appr_policy.write_text(APPROVALS_POLICY)
+        hproc, hport = start_pgjit(workdir, pg, "pgjit-approvals", target={"policy": str(appr_policy)},
+                                   extra={"store": {"url": f"sqlite:///{workdir / 'approvals' / 'store.db'}"},
+                                          "audit": {"checkpoint_key": "bench-checkpoint-key-0123456789"},
+                                          "approvals": {"hold_timeout": 3600}})
+        procs.append(hproc)
         token_key = workdir / "issuer" / "signing-key.pem"
 
         def fresh_token() -> str:
@@ -402,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                    Target("jit+gate", jgport, "alice@example.com", fresh_token, jgproc.pid),
                    Target("jit+audit", aport, "alice@example.com", fresh_token, aproc.pid)]
         masked = Target("pgjit+mask", mport, "alice", "x", mproc.pid)
+        approving = Target("pgjit+approvals", hport, "alice", "x", hproc.pid)
 
         big = workdir / "big.sql"
         big.write_text("select aid, bid, abalance, filler from pgbench_accounts;\n")
@@ -469,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                 # column; within 5 % of it without one.
                 print(f"  pgjit+mask = {med['pgjit+mask'] / med['pgjit+gate']:.2f}x pgjit+gate "
                       f"({'one masked column' if name == '1M-masked' else 'no masked column'})")
+        if not args.only or "held" in args.only.split(","):
+            held_section(pgbench, approving, args.clients, args.duration, args.rounds)
         if not args.only or "connect" in args.only.split(","):
             jit_section(workdir, pg, direct, jport, args.connects, oidc)
         if not args.only or "gate" in args.only.split(","):

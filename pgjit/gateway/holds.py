@@ -221,6 +221,7 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
     await session.notice(f"statement held for approval: request {rid} (rule {held.rule}, "
                    f"{rule.approvals} approval{'s' if rule.approvals > 1 else ''} from {', '.join(rule.approvers)}); "
                    f"approve with: {service.command(rid)}")
+    waited = False
     try:
         async with trio.open_nursery() as nursery:
             if cfg.webhook:
@@ -253,8 +254,16 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
                         break
                     service._waiting[rid] = event = trio.Event()
             nursery.cancel_scope.cancel()
+        waited = True
     finally:
         service._waiting.pop(rid, None)
+        if not waited:
+            # The session ended (or failed) while its statement was held:
+            # nobody waits for it any more, so nobody may approve it.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(5):
+                    await trio.to_thread.run_sync(lambda: store.set_status(rid, WITHDRAWN))
+            session.record_approval(rid, "withdrawn", held.rule)
     metrics.APPROVAL_OUTCOMES.labels(outcome if outcome in ("approved", "denied", "withdrawn", "timeout") else "expired").inc()
     if outcome == APPROVED:
         ok = await trio.to_thread.run_sync(lambda: store.take_approval(rid, single_use=cfg.single_use))

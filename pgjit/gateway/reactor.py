@@ -202,10 +202,11 @@ class Channel:
         if out:
             self._send(self.ufd, out)
         if self.relay.hold is not None and not self.holding:
-            # A statement waits for an approval: the client is not read until
-            # it is decided (the session's hold task calls release).
+            # A statement waits for an approval (the session's hold task calls
+            # release). The client is still read: what it sends waits behind
+            # the held statement (bounded), and a client that goes away ends
+            # the session, which withdraws the request.
             self.holding = True
-            self._set_mask(self.cfd, self._mask[self.cfd] & ~_IN)
             self.session.start_hold(self)
         if stop:
             self.session.end_reason = "ok"
@@ -240,8 +241,6 @@ class Channel:
             self.holding = False
             if data:
                 self.feed_client(data)
-            if not self.holding and not self.closed and self._backlog[self.ufd] is None and not self.relay.terminating:
-                self._set_mask(self.cfd, self._mask[self.cfd] | _IN)
             self._sync()
         except BaseException as e:
             self._finish(e)
@@ -438,8 +437,8 @@ class Channel:
             return
         source = self.ufd if fd == self.cfd else self.cfd
         self._set_mask(fd, self._mask[fd] & ~_OUT)
-        if source == self.cfd and (self.relay.terminating or self.holding):
-            return  # nothing more is read from a client that sent Terminate, or while a statement is held
+        if source == self.cfd and self.relay.terminating:
+            return  # nothing more is read from a client that sent Terminate
         self._set_mask(source, self._mask[source] | _IN)
 
     def _set_mask(self, fd: int, mask: int) -> None:

@@ -892,7 +892,7 @@ class Relay:
             return InsufficientPrivilege(
                 f'statement needs approval under policy rule "{rule}"',
                 detail=decision.message,
-                hint="approvals are not available in this version of pgjit; ask a DBA to run it",
+                hint="this gateway holds no statements for approval (it has no approvals section); ask a DBA to run it",
             )
         return InsufficientPrivilege(
             f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),

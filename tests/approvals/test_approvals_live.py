@@ -320,3 +320,24 @@ def test_two_gateways_share_a_postgresql_store(pg, issuer, tmp_path):
             conn.execute("DROP TABLE IF EXISTS held_two")
         with pg.connect(dbname="postgres", autocommit=True) as conn:
             conn.execute("DROP DATABASE IF EXISTS pgjit_approvals_store WITH (FORCE)")
+
+
+def test_a_client_that_leaves_withdraws_its_request(env, issuer, pg):
+    who = "mona@example.com"
+    p = _psql(env, issuer, who, "ALTER TABLE held_things ADD COLUMN IF NOT EXISTS left_behind text")
+    req = _wait_request(env, issuer, who)
+    p.kill()
+    p.wait(5)
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline:
+        status = _api(env, "GET", f"/approvals/{req['id']}", _dba(issuer))[1]["status"]
+        if status != "pending":
+            break
+        time.sleep(0.1)
+    assert status == "withdrawn"
+    # approving it now does nothing: the statement never runs
+    assert _api(env, "POST", f"/approvals/{req['id']}/approve", _dba(issuer), {})[0] == 409
+    with pg.connect(dbname="appdb") as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'held_things' "
+                            "AND column_name = 'left_behind'").fetchone() == (0,)

@@ -55,14 +55,17 @@ def _sql(url: str, statement: str, **params) -> None:
 def test_upgrade_creates_and_then_leaves_alone(store_url):
     out = _cli("store", "upgrade", "--url", store_url)
     assert out.returncode == 0, out.stderr
-    assert "upgraded from (empty) to revision 0002" in out.stdout
+    assert "upgraded from (empty) to revision 0003" in out.stdout
     out = _cli("store", "upgrade", "--url", store_url)
-    assert out.returncode == 0 and "store is current (revision 0002)" in out.stdout
+    assert out.returncode == 0 and "store is current (revision 0003)" in out.stdout
+    engine = st.make_engine(store_url)
+    assert "approval_requests" in sa.inspect(engine).get_table_names()  # 0003: approvals
+    engine.dispose()
 
 
 def test_a_store_at_the_first_revision_upgrades_and_keeps_its_records(store_url):
-    """0001 -> 0002 (the (chain, seq) index goes): records written at 0001
-    are still there and still verify."""
+    """0001 -> head (0002: the (chain, seq) index goes; 0003: approvals):
+    records written at 0001 are still there and still verify."""
     from alembic import command
 
     if store_url.startswith("sqlite"):
@@ -78,7 +81,7 @@ def test_a_store_at_the_first_revision_upgrades_and_keeps_its_records(store_url)
     store.close()
     out = _cli("store", "upgrade", "--url", store_url)
     assert out.returncode == 0, out.stderr
-    assert "upgraded from revision 0001 to revision 0002" in out.stdout, out.stdout
+    assert "upgraded from revision 0001 to revision 0003" in out.stdout, out.stdout
     assert "audit_records_chain_seq" not in {i["name"] for i in sa.inspect(engine).get_indexes("audit_records")}
     engine.dispose()
     store = st.Store(store_url)
