@@ -4,6 +4,10 @@
     GET /healthz   200 while the process serves: liveness
     GET /readyz    200 when this gateway should get connections, else 503;
                    the JSON body says which check failed
+    GET /approvals, GET /approvals/{id}, POST /approvals/{id}/approve|deny
+                   statements held for approval (pgjit.gateway.holds), with
+                   the approver's OIDC token as a bearer token; POST bodies
+                   are JSON ({"reason": ...}), at most 8 KiB
 
 One request per connection (``Connection: close``); requests are read with
 a 5 s deadline and at most 8 KiB of head; at most 32 connections at once,

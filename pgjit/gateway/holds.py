@@ -25,6 +25,7 @@ passwords, the rule's approver groups checked, never the requester.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -192,7 +193,7 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
         if prior is not None and await trio.to_thread.run_sync(
                 lambda: store.take_approval(prior.id, single_use=cfg.single_use)):
             log.info("statement runs under an earlier approval", extra={"session": session.id, "request": prior.id})
-            session.record_approval(prior.id, "used", held.rule)
+            session.record_approval(prior.id, "used", held.rule, prior)
             metrics.APPROVAL_OUTCOMES.labels("reused").inc()
             return None
         if rule is None or not rule.approvers:
@@ -227,7 +228,8 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
             if cfg.webhook:
                 from pgjit.approvals.notify import post_webhook
 
-                nursery.start_soon(trio.to_thread.run_sync, post_webhook, cfg, req, service.command(rid))
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, post_webhook, cfg, req, service.command(rid),
+                                                     abandon_on_cancel=True))
             if rule.evidence:
                 nursery.start_soon(_evidence, session, req)
             outcome = "timeout"

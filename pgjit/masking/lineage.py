@@ -35,8 +35,9 @@ RowDescription). Pure: no I/O.
 
 from __future__ import annotations
 
+import collections
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pglast.parser as _pg
@@ -198,10 +199,13 @@ class Scope:
 
 
 class _Analyzer:
-    def __init__(self, catalog: Any, profile: MaskProfile, resolver: Any = None) -> None:
+    def __init__(self, catalog: Any, profile: MaskProfile, resolver: Any = None, state: dict | None = None) -> None:
         self.catalog = catalog
         self.profile = profile
         self.resolver = resolver
+        # "sensitive": the plan read a constant's value (ORDER BY 1, COPY's
+        # options), so it may not be shared with statements of the same shape.
+        self.state = state if state is not None else {}
         self.touches = False
         self._views: dict[int, list[tuple[str, Taint | None]]] = {}
         self._ctes: list[dict[str, Item]] = []
@@ -545,6 +549,8 @@ class _Analyzer:
         """ORDER BY / GROUP BY / DISTINCT ON: a number is an output column's
         position; a bare name may be an output column's alias."""
         outs = scope.outputs
+        if "A_Const" in node:
+            self.state["sensitive"] = True
         if "A_Const" in node and "ival" in node["A_Const"] and outs is not None:
             pos = int(node["A_Const"]["ival"].get("ival", 0)) - 1
             if 0 <= pos < len(outs):
@@ -874,9 +880,10 @@ def _rangevars(node: Any) -> Iterable[dict[str, Any]]:
             yield from _rangevars(v)
 
 
-def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, resolver: Any = None) -> Part:
+def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, resolver: Any = None,
+                   state: dict | None = None) -> Part:
     """One parsed statement's Part (raises Refusal)."""
-    a = _Analyzer(catalog, profile, resolver)
+    a = _Analyzer(catalog, profile, resolver, state)
     (kind, body), = stmt.items()
     part = Part()
     if kind == "SelectStmt":
@@ -884,6 +891,7 @@ def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, res
     elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt"):
         part.outputs = a.dml(kind, body, None, 0)
     elif kind == "CopyStmt":
+        a.state["sensitive"] = True  # its options are string constants
         part.outputs, part.copy = _copy(a, body)
         if part.copy is None:
             part.outputs = []
@@ -900,7 +908,7 @@ def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, res
             part.fetches = None
         return part
     elif kind == "PrepareStmt":
-        part.outputs = plan_statement(body["query"], catalog, profile, resolver).outputs
+        part.outputs = plan_statement(body["query"], catalog, profile, resolver, a.state).outputs
         part.prepares = body.get("name")
         part.touches = True
         return part
@@ -908,7 +916,7 @@ def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, res
         part.executes = body.get("name")
         return part
     elif kind == "ExplainStmt":
-        inner = plan_statement(body["query"], catalog, profile, resolver)
+        inner = plan_statement(body["query"], catalog, profile, resolver, a.state)
         part.outputs = [Out("QUERY PLAN", None)]
         part.touches = inner.touches
         return part
@@ -999,4 +1007,47 @@ def plan(sql: str, catalog: Any, profile: MaskProfile, resolver: Any = None) -> 
         tree = json.loads(_pg.parse_sql_json(sql))
     except Exception:
         raise Refusal("pgjit:masking", "pgjit could not parse the statement to follow masked columns") from None
-    return [plan_statement(s["stmt"], catalog, profile, resolver) for s in tree.get("stmts") or ()]
+    state: dict = {}
+    return [plan_statement(s["stmt"], catalog, profile, resolver, state) for s in tree.get("stmts") or ()]
+
+
+_CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_CACHE_MAX = 4096
+
+
+def plan_cached(raw: bytes, catalog: Any, profile: MaskProfile, resolver: Any = None) -> list[Part]:
+    """``plan`` of the UTF-8 bytes ``raw``, remembered per catalog snapshot
+    and rule set: by the statement's shape key (literals replaced) when its
+    plan read no constant's value — a client that inlines literals analyses
+    each shape once — else by its exact bytes. Refusals are remembered too."""
+    from pgjit.policy.gate import shape_key
+
+    snap = (id(catalog), getattr(catalog, "generation", None), getattr(catalog, "loaded_at", None), profile.rules)
+    shape = shape_key(raw) if len(raw) <= 16384 else None
+    keys = [(snap, b"s", shape)] if shape is not None else []
+    if len(raw) <= 16384:
+        keys.append((snap, b"b", raw))
+    for key in keys:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            if isinstance(hit, Refusal):
+                raise Refusal(hit.rule, hit.message)
+            return list(hit)
+    state: dict = {}
+    try:
+        tree = json.loads(_pg.parse_sql_json(raw.decode("utf-8")))
+    except Exception:
+        raise Refusal("pgjit:masking", "pgjit could not parse the statement to follow masked columns") from None
+    try:
+        result: Any = [plan_statement(s["stmt"], catalog, profile, resolver, state) for s in tree.get("stmts") or ()]
+    except Refusal as r:
+        result = r
+    if keys:
+        key = keys[-1] if state.get("sensitive") or shape is None else keys[0]
+        _CACHE[key] = result
+        while len(_CACHE) > _CACHE_MAX:
+            _CACHE.popitem(last=False)
+    if isinstance(result, Refusal):
+        raise Refusal(result.rule, result.message)
+    return list(result)

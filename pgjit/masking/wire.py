@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pgjit.masking.lineage import Out, Part, Refusal, column_rule, plan
+from pgjit.masking.lineage import Out, Part, Refusal, column_rule, plan_cached
 from pgjit.masking.rules import MaskProfile, MaskRule
 from pgjit.protocol import messages as m
 
@@ -103,7 +103,7 @@ class Masker:
 
     def _plan(self, sql: bytes) -> list[Part]:
         try:
-            parts = plan(sql.decode("utf-8"), self._catalog(), self.profile, self._resolver())
+            parts = plan_cached(sql, self._catalog(), self.profile, self._resolver())
         except Refusal as r:
             raise Refused(r.rule, r.message) from None
         for i, p in enumerate(parts):

@@ -48,13 +48,44 @@ default: allow
 """
 
 
-def _sections(pg, issuer, base: Path, store_url: str, hold_timeout: float = 8.0) -> dict:
+class Hook:
+    """A webhook receiver on 127.0.0.1: keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hook = self
+        self.bodies: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("Content-Length", "0"))
+                hook.bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+HOOK = Hook()
+
+
+def _sections(pg, issuer, base: Path, store_url: str, hold_timeout: float = 8.0, **approvals) -> dict:
     base.mkdir(parents=True, exist_ok=True)
     policy = base / "policy.yaml"
     policy.write_text(POLICY)
     return oidc_sections(pg, issuer, policy=policy, api={"host": "127.0.0.1", "port": 0},
                          store={"url": store_url}, audit={"checkpoint_key": KEY},
-                         approvals={"hold_timeout": hold_timeout, "reuse_window": 120, "poll_interval": 0.2})
+                         approvals={"hold_timeout": hold_timeout, "reuse_window": 120, "poll_interval": 0.2, **approvals})
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +100,8 @@ def env(pg, issuer, tmp_path_factory):
         conn.execute("CREATE TABLE scratch_two (x int)")
         conn.execute("ALTER TABLE scratch_two OWNER TO pgjit_write")
     base = tmp_path_factory.mktemp("approvals")
-    gw = start_gateway(base / "gw", pg, **_sections(pg, issuer, base / "gw", f"sqlite:///{base / 'store.db'}"))
+    gw = start_gateway(base / "gw", pg, **_sections(pg, issuer, base / "gw", f"sqlite:///{base / 'store.db'}",
+                                                   webhook=HOOK.url, webhook_format="json"))
     yield gw
     gw.stop()
     with pg.connect(dbname="appdb") as conn:
@@ -120,6 +152,16 @@ def test_psql_alter_table_held_then_approved_over_http(env, issuer, pg):
     status, body = _api(env, "POST", f"/approvals/{req['id']}/approve", issuer.token("bob@example.com", groups=["devs"]), {})
     assert status == 403 and "dba" in body["error"]
     assert p.poll() is None  # still held
+    # notified: the webhook got it, /metrics counts it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(b.get("request", {}).get("id") == req["id"] for b in HOOK.bodies):
+        time.sleep(0.05)
+    hook = next(b for b in HOOK.bodies if b.get("request", {}).get("id") == req["id"])
+    assert hook["event"] == "approval_requested" and hook["approve_command"] == f"pgjit approvals approve {req['id']}"
+    assert hook["request"]["person"] == who and "ALTER TABLE" in hook["request"]["text"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{env.extra['api_port']}/metrics", timeout=10) as resp:
+        scrape = resp.read().decode()
+    assert "pgjit_approvals_held 1.0" in scrape
     status, body = _api(env, "POST", f"/approvals/{req['id']}/approve", _dba(issuer), {"reason": "ok"})
     assert status == 200 and body["status"] == "approved"
     out, err = p.communicate(timeout=15)
@@ -341,3 +383,43 @@ def test_a_client_that_leaves_withdraws_its_request(env, issuer, pg):
     with pg.connect(dbname="appdb") as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'held_things' "
                             "AND column_name = 'left_behind'").fetchone() == (0,)
+
+
+def test_every_hold_and_decision_is_in_the_audit_trail(env, issuer):
+    """The earlier tests' holds: requested, approved (with the approvers), denied, timeout,
+    withdrawn, used — as approval records of the audit trail."""
+    from pgjit.audit import store as audit_store
+
+    import yaml
+
+    url = yaml.safe_load(env.config_path.read_text())["store"]["url"]
+    deadline = time.monotonic() + 15
+    events: set = set()
+    while time.monotonic() < deadline:
+        st = audit_store.Store(url)
+        try:
+            rows = [r for r in st.records() if r["kind"] == "approval"]
+        finally:
+            st.close()
+        events = {r["body"]["event"] for r in rows}
+        if {"requested", "approved", "denied", "timeout", "withdrawn", "used"} <= events:
+            break
+        time.sleep(0.5)
+    assert {"requested", "approved", "denied", "timeout", "withdrawn", "used"} <= events, events
+    approved = [r for r in rows if r["body"]["event"] == "approved"]
+    assert any(d["approver"] == "dana@example.com" for r in approved for d in r["body"]["decisions"])
+    assert all(r["person"] for r in rows)
+
+
+def test_slack_payload():
+    from types import SimpleNamespace
+
+    from pgjit.approvals.model import Request
+    from pgjit.approvals.notify import payload
+
+    req = Request(id="apr_1", person="alice", target="appdb", session_id="s", text="DROP TABLE x", fingerprint="f",
+                  param_hash="", rule="r", approvers=("dba",), required=2, created=0, expires=1)
+    cfg = SimpleNamespace(webhook_format="slack", public_url="https://pgjit.example")
+    body = payload(cfg, req, "pgjit approvals approve apr_1")
+    assert set(body) == {"text"} and "DROP TABLE x" in body["text"] and "https://pgjit.example/approvals/apr_1" in body["text"]
+    assert "2 approvals from dba" in body["text"]

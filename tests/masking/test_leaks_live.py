@@ -47,7 +47,6 @@ import secrets
 import subprocess
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Callable
 
 import psycopg
@@ -56,7 +55,7 @@ import yaml
 from psycopg import pq
 
 from tests.gateway_fixtures import start_gateway
-from tests.masking.leakcheck import Needles, RecordingProxy, luhn_complete, luhn_ok, sqlstates_in, ssn as make_ssn
+from tests.masking.leakcheck import Needles, RecordingProxy, luhn_complete, luhn_ok, ssn as make_ssn
 from tests.oidc_fixtures import apply_setup_sql, issuer, oidc_sections  # noqa: F401 (issuer is a fixture)
 
 pytestmark = pytest.mark.pg

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from pathlib import Path
 
 import psycopg
 import pytest

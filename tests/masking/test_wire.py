@@ -5,7 +5,6 @@ notice scrubbing, refusals' own errors left alone."""
 
 from __future__ import annotations
 
-from pgjit.catalog import Catalog
 from pgjit.masking.rules import MaskProfile, parse_rules
 from pgjit.masking.wire import Masker
 from pgjit.protocol import messages as m

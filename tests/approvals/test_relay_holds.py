@@ -1,0 +1,83 @@
+"""The relay's half of a hold, without I/O (pgjit.gateway.relay): a Query or
+an Execute a require_approval rule matches stops there — it and everything
+after it wait — and ``release`` lets it run once or refuses it in its place;
+what came before it went on."""
+
+from __future__ import annotations
+
+import struct
+from types import SimpleNamespace
+
+from pgjit.config import LimitsConfig
+from pgjit.errors import InsufficientPrivilege
+from pgjit.gateway.relay import Relay
+from pgjit.policy.gate import Gate
+from pgjit.policy.model import Policy
+from pgjit.protocol import messages as m
+
+POLICY = Policy.from_text("""version: 1
+rules:
+  - name: deletes-need-approval
+    match: {kind: [delete]}
+    action: require_approval
+    approvers: [dba]
+default: allow
+""")
+
+
+def _relay() -> Relay:
+    r = Relay(LimitsConfig(), SimpleNamespace(buffered=0), session_id="s", gate=Gate(POLICY))
+    r.enable_approvals()
+    return r
+
+
+def q(sql: str) -> bytes:
+    return m.Query(sql).encode()
+
+
+def test_query_waits_with_what_follows_then_runs_once():
+    r = _relay()
+    out, stop = r.from_client(q("SELECT 1") + q("DELETE FROM t WHERE id = 1") + q("SELECT 2"))
+    assert out == q("SELECT 1") and not stop  # what came before goes
+    assert r.hold is not None and r.hold.text == b"DELETE FROM t WHERE id = 1" and r.hold.rule == "deletes-need-approval"
+    assert r.from_client(q("SELECT 3")) == (None, False)  # more waits behind it
+    held = r.release(None)
+    assert r.hold is None
+    out, _ = r.from_client(held)
+    assert out == q("DELETE FROM t WHERE id = 1") + q("SELECT 2") + q("SELECT 3")
+    # approved once: the same statement again is held again
+    r.from_client(q("DELETE FROM t WHERE id = 1"))
+    assert r.hold is not None
+
+
+def test_refused_in_its_place():
+    r = _relay()
+    r.from_client(q("DELETE FROM t") + q("SELECT 2"))
+    out, _ = r.from_client(r.release(InsufficientPrivilege("denied by dana: no")))
+    # a Bind to a missing statement and a Sync stand in for it; the next Query follows
+    assert out.startswith(b"B") and out.endswith(q("SELECT 2")) and b"DELETE" not in out
+    assert r.ctr.rfq_sent == 2
+
+
+def test_extended_protocol_holds_the_execute_with_its_parameters():
+    r = _relay()
+    parse = m.Parse("s1", "DELETE FROM t WHERE id = $1", ()).encode()
+    bind = m.Bind("", "s1", (), (b"7",), ()).encode()
+    execute = m.Execute("", 0).encode()
+    sync = m.Sync().encode()
+    out, _ = r.from_client(parse + bind + execute + sync)
+    assert out == parse + bind  # the Parse runs nothing; the Execute waits (and the Sync behind it)
+    assert r.hold is not None and r.hold.params == (b"7",) and r.hold.protocol == "extended"
+    out, _ = r.from_client(r.release(None))
+    assert out == execute + sync
+    # the same statement with other parameters: held again
+    bind2 = m.Bind("", "s1", (), (b"8",), ()).encode()
+    out, _ = r.from_client(bind2 + execute + sync)
+    assert out == bind2 and r.hold is not None and r.hold.params == (b"8",)
+
+
+def test_without_approvals_it_is_refused():
+    r = Relay(LimitsConfig(), SimpleNamespace(buffered=0), session_id="s", gate=Gate(POLICY))
+    out, _ = r.from_client(q("DELETE FROM t"))
+    assert r.hold is None and out.startswith(b"B")  # the marker stand-in
+    assert struct.unpack("!I", out[1:5])[0] > 4
