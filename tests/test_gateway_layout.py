@@ -93,3 +93,20 @@ def test_relay_logic_imports_without_trio():
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_decision_layers_import_without_trio():
+    """DESIGN.md: importing the codec, the policy, masking and the approvals'
+    rules imports neither trio nor the store's SQLAlchemy."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            import pgjit.protocol.messages, pgjit.policy.gate, pgjit.policy.model
+            import pgjit.masking.lineage, pgjit.masking.wire, pgjit.masking.rules
+            import pgjit.approvals.model, pgjit.approvals.evidence, pgjit.approvals.notify
+            bad = [m for m in ("trio", "sqlalchemy") if m in sys.modules]
+            assert not bad, bad
+        """)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -119,6 +119,11 @@ def decide(req: Request, approver: str, groups: Iterable[str], decision: str, re
     return replace(req, decisions=decisions, status=status, updated=now)
 
 
+def may_see(req: Request, who: str, groups: frozenset[str]) -> bool:
+    """A request's statement is shown to its requester and to those who may decide it."""
+    return req.person == who or bool(groups.intersection(req.approvers))
+
+
 def denial_text(req: Request) -> str:
     d = next((x for x in req.decisions if x.decision == "deny"), None)
     if d is None:

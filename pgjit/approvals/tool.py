@@ -82,8 +82,10 @@ def run(args: Any) -> int:
     who, groups = ident.subject or ident.user, frozenset(ident.groups)
     store = ApprovalStore(cfg.store.url)
     try:
+        from pgjit.approvals.model import may_see
+
         if args.approvals_command == "list":
-            reqs = store.list(None if args.status == "all" else args.status)
+            reqs = [r for r in store.list(None if args.status == "all" else args.status) if may_see(r, who, groups)]
             if args.json:
                 print(json.dumps([r.as_dict() for r in reqs], indent=2))
             else:
@@ -95,7 +97,7 @@ def run(args: Any) -> int:
                     print(f"no {args.status} requests")
             return 0
         req = store.get(args.id)
-        if req is None:
+        if req is None or (args.approvals_command == "show" and not may_see(req, who, groups)):
             print(f"pgjit approvals: no request {args.id}", file=sys.stderr)
             return 3
         if args.approvals_command == "show":

@@ -36,7 +36,7 @@ import trio
 
 from pgjit import metrics
 from pgjit.approvals import model
-from pgjit.approvals.model import APPROVED, DENIED, PENDING, WITHDRAWN, ApprovalError, Request
+from pgjit.approvals.model import APPROVED, DENIED, PENDING, WITHDRAWN, ApprovalError, Request, may_see
 from pgjit.errors import InsufficientPrivilege, PgjitError
 
 log = logging.getLogger("pgjit.approvals")
@@ -151,13 +151,16 @@ class Approvals:
         query = dict(q.split("=", 1) for q in path.split("?", 1)[1].split("&") if "=" in q) if "?" in path else {}
         try:
             if method == "GET" and parts == ["approvals"]:
-                await trio.to_thread.run_sync(self.identity, token)
-                reqs = await trio.to_thread.run_sync(self.store.list, query.get("status", "pending"))
-                return 200, {"requests": [r.as_dict() for r in reqs]}
+                who, groups = await trio.to_thread.run_sync(self.identity, token)
+                status = query.get("status", "pending")
+                reqs = await trio.to_thread.run_sync(self.store.list, None if status == "all" else status)
+                return 200, {"requests": [r.as_dict() for r in reqs if may_see(r, who, groups)]}
             if method == "GET" and len(parts) == 2:
-                await trio.to_thread.run_sync(self.identity, token)
+                who, groups = await trio.to_thread.run_sync(self.identity, token)
                 req = await trio.to_thread.run_sync(self.store.get, parts[1])
-                return (200, req.as_dict()) if req is not None else (404, {"error": f"no approval request {parts[1]}"})
+                if req is None or not may_see(req, who, groups):
+                    return 404, {"error": f"no approval request {parts[1]} that you may see"}
+                return 200, req.as_dict()
             if method == "POST" and len(parts) == 3 and parts[2] in ("approve", "deny"):
                 try:
                     reason = str((json.loads(body or b"{}") or {}).get("reason", ""))[:1000]

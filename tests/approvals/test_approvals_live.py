@@ -152,6 +152,11 @@ def test_psql_alter_table_held_then_approved_over_http(env, issuer, pg):
     status, body = _api(env, "POST", f"/approvals/{req['id']}/approve", issuer.token("bob@example.com", groups=["devs"]), {})
     assert status == 403 and "dba" in body["error"]
     assert p.poll() is None  # still held
+    # the statement is shown to the requester and to approvers, to nobody else
+    assert _api(env, "GET", f"/approvals/{req['id']}", issuer.token(who, groups=["devs"]))[0] == 200
+    assert _api(env, "GET", f"/approvals/{req['id']}", issuer.token("eve@example.com", groups=["devs"]))[0] == 404
+    listed = _api(env, "GET", "/approvals", issuer.token("eve@example.com", groups=["devs"]))[1]["requests"]
+    assert all(r["id"] != req["id"] for r in listed)
     # notified: the webhook got it, /metrics counts it
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not any(b.get("request", {}).get("id") == req["id"] for b in HOOK.bodies):
