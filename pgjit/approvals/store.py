@@ -88,33 +88,48 @@ class ApprovalStore:
         row = conn.execute(q).first()
         return model.from_row(row._mapping) if row is not None else None
 
-    def _write(self, conn: Any, req: Request) -> None:
-        row = model.to_row(req)
-        conn.execute(requests.update().where(requests.c.id == req.id).values(
-            status=row["status"], decisions=row["decisions"], updated=row["updated"], used=row["used"],
-            evidence=row["evidence"]))
-        if self.postgres:
-            conn.execute(sa.text("SELECT pg_notify(:c, :id)"), {"c": CHANNEL, "id": req.id})
+    def _write(self, conn: Any, old: Request, new: Request) -> bool:
+        """Write ``new`` over ``old`` if nobody changed the row meanwhile
+        (its ``updated`` is still old's): the check that makes concurrent
+        deciders, and two sessions using one single-use approval, safe on
+        SQLite too (PostgreSQL also has the row locked)."""
+        row = model.to_row(new)
+        done = conn.execute(requests.update().where(requests.c.id == new.id, requests.c.updated == old.updated).values(
+            status=row["status"], decisions=row["decisions"], updated=row["updated"],
+            used=row["used"])).rowcount == 1  # (evidence: set_evidence's alone)
+        if done and self.postgres:
+            conn.execute(sa.text("SELECT pg_notify(:c, :id)"), {"c": CHANNEL, "id": new.id})
+        return done
+
+    def _change(self, rid: str, change: Any) -> Request | None:
+        """Read, ``change(req) -> new request | None`` (None: leave it), write;
+        again from the read when someone else wrote between."""
+        for _ in range(20):
+            with self.engine.begin() as conn:
+                req = self._locked(conn, rid)
+                if req is None:
+                    return None
+                new = change(req)
+                if new is None:
+                    return req
+                if new.updated <= req.updated:
+                    new = replace(new, updated=req.updated + 1e-6)
+                if self._write(conn, req, new):
+                    return new
+            time.sleep(0.01)
+        raise model.ApprovalError(f"request {rid} keeps changing; try again", 409)
 
     def decide(self, rid: str, approver: str, groups: Iterable[str], decision: str, reason: str) -> Request:
         """Record one decision (raises model.ApprovalError when it may not be made)."""
-        with self.engine.begin() as conn:
-            req = self._locked(conn, rid)
-            if req is None:
-                raise model.ApprovalError(f"no approval request {rid}", 404)
-            new = model.decide(req, approver, groups, decision, reason, time.time())
-            self._write(conn, new)
-            return new
+        new = self._change(rid, lambda req: model.decide(req, approver, groups, decision, reason, time.time()))
+        if new is None:
+            raise model.ApprovalError(f"no approval request {rid}", 404)
+        return new
 
     def set_status(self, rid: str, status: str, *, only_if: str | None = PENDING) -> Request | None:
         """Withdraw or expire a request (only while it is ``only_if``)."""
-        with self.engine.begin() as conn:
-            req = self._locked(conn, rid)
-            if req is None or (only_if is not None and req.status != only_if):
-                return req
-            new = replace(req, status=status, updated=time.time())
-            self._write(conn, new)
-            return new
+        return self._change(rid, lambda req: None if only_if is not None and req.status != only_if
+                            else replace(req, status=status, updated=time.time()))
 
     def set_evidence(self, rid: str, evidence: dict[str, Any]) -> None:
         import json
@@ -125,12 +140,17 @@ class ApprovalStore:
     def take_approval(self, rid: str, *, single_use: bool) -> bool:
         """Use an approved request to run its statement: True when it may run
         (approved, not expired, not used up when single use); marks it used."""
-        with self.engine.begin() as conn:
-            req = self._locked(conn, rid)
-            if req is None or req.status != APPROVED or time.time() >= req.expires or (single_use and req.used):
-                return False
-            self._write(conn, replace(req, used=req.used + 1, updated=time.time()))
-            return True
+        taken = []
+
+        def use(req: Request) -> Request | None:
+            taken.clear()  # (called again when another writer came between)
+            if req.status != APPROVED or time.time() >= req.expires or (single_use and req.used):
+                return None
+            taken.append(True)
+            return replace(req, used=req.used + 1, updated=time.time())
+
+        self._change(rid, use)
+        return bool(taken)
 
     def find_approved(self, person: str, target: str, fingerprint: str | None, text: str, phash: str) -> Request | None:
         """The newest approved, unexpired request bound to exactly this statement."""
