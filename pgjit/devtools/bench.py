@@ -49,6 +49,7 @@ class Target:
     user: str
     password: str | Callable[[], str]  # a callable mints a fresh one per run (an OIDC token: JIT mode)
     pid: int | None = None  # proxy process, for CPU accounting
+    sslmode: str = "disable"  # require: the client side over TLS
 
     def secret(self) -> str:
         return self.password() if callable(self.password) else self.password
@@ -61,7 +62,7 @@ class Result:
 
 
 def run_pgbench(pgbench: str, t: Target, args: list[str], duration: float | None) -> tuple[float, int, str]:
-    env = dict(os.environ, PGPASSWORD=t.secret(), PGSSLMODE="disable")
+    env = dict(os.environ, PGPASSWORD=t.secret(), PGSSLMODE=t.sslmode)
     cmd = [pgbench, "-h", "127.0.0.1", "-p", str(t.port), "-U", t.user, "-n", *args]
     if duration:
         cmd += ["-T", str(int(duration))]
@@ -86,7 +87,7 @@ def measure(pgbench: str, t: Target, args: list[str], duration: float | None) ->
     return tps, cpu
 
 
-def start_pgbouncer(workdir: Path, pg: PgCluster) -> tuple[subprocess.Popen, int, int]:
+def start_pgbouncer(workdir: Path, pg: PgCluster, tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen, int, int]:
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(exe).exists():
         raise SystemExit("pgbouncer is not installed (make sysdeps installs the Debian package)")
@@ -108,7 +109,10 @@ default_pool_size = 20
 logfile = {workdir}/pgbouncer.log
 pidfile = {workdir}/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
-"""
+""" + (f"""client_tls_sslmode = allow
+client_tls_cert_file = {tls[0]}
+client_tls_key_file = {tls[1]}
+""" if tls else "")
     )
     cmd = [exe, str(ini)]
     if os.geteuid() == 0:
@@ -407,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir) if args.workdir else make_temp_base("pgjit-bench-")
     workdir.mkdir(parents=True, exist_ok=True)
-    pg = PgCluster(workdir / "pgdata")
+    # ssl on: direct TLS is one of the targets; its certificate serves
+    # pgjit's and PgBouncer's client TLS too.
+    pg = PgCluster(workdir / "pgdata", ssl=True)
     pg.init()
     pg.start({"max_connections": "200"})
     procs: list[subprocess.Popen] = []
@@ -420,9 +426,13 @@ def main(argv: list[str] | None = None) -> int:
                        env=init_env, check=True, capture_output=True)
         bouncer_dir = workdir / "pgbouncer"
         bouncer_dir.mkdir(exist_ok=True)
-        bproc, bport, bpid = start_pgbouncer(bouncer_dir, pg)
+        tls_files = (workdir / "tls-cert.pem", workdir / "tls-key.pem")
+        tls_files[0].write_bytes(pg.server_cert_path.read_bytes())
+        tls_files[1].write_bytes(pg.server_key_path.read_bytes())
+        os.chmod(tls_files[1], 0o644)  # PgBouncer runs as postgres, pgjit as this user
+        bproc, bport, bpid = start_pgbouncer(bouncer_dir, pg, tls=tls_files)
         procs.append(bproc)
-        jproc, jport = start_pgjit(workdir, pg)
+        jproc, jport = start_pgjit(workdir, pg, extra={"tls": {"cert": str(tls_files[0]), "key": str(tls_files[1])}})
         procs.append(jproc)
         gproc, gport = start_pgjit(workdir, pg, "pgjit-gated", target={"policy": str(REPO / "policies" / "default.yaml")})
         procs.append(gproc)
@@ -468,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                    Target("jit+gate", jgport, "alice@example.com", fresh_token, jgproc.pid),
                    Target("jit+audit", aport, "alice@example.com", fresh_token, aproc.pid)]
         masked = Target("pgjit+mask", mport, "alice", "x", mproc.pid)
+        tls_targets = [direct, Target("direct+tls", pg.port, "app", "apppass", sslmode="require"),
+                       targets[1], Target("pgbouncer+tls", bport, "app", "x", bpid, sslmode="require"),
+                       targets[2], Target("pgjit+tls", jport, "alice", "x", jproc.pid, sslmode="require")]
         approving = Target("pgjit+approvals", hport, "alice", "x", hproc.pid)
 
         big = workdir / "big.sql"
@@ -487,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             # through a masked session, against pgjit+gate and direct.
             "1M-masked": (["-f", str(big), "-c", "1", "-t", "3"], None),
             "1M-unmasked": (["-f", str(big_clean), "-c", "1", "-t", "3"], None),
+            # TLS (issue 14): the same gateway, PgBouncer and server with and without client TLS.
+            "select-simple-tls": (["-S", "-M", "simple", "-c", c, "-j", j], args.duration),
         }
         if args.only:
             keep = set(args.only.split(","))
@@ -500,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             wtargets = [t for t in targets if not (name.startswith("tpcb") and t.name in ("pgjit+gate", "jit+gate", "jit+audit"))]
             if name in ("1M-masked", "1M-unmasked"):
                 wtargets = [direct, targets[3], masked]  # direct, pgjit+gate, pgjit+mask
+            elif name == "select-simple-tls":
+                wtargets = tls_targets
             elif name in ("select-simple", "latency-1client"):
                 wtargets = wtargets + [masked]  # a masked session's small statements (the Python path)
             results = {t.name: Result() for t in wtargets}
@@ -531,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
                 for t in wtargets:
                     rps = statistics.median(results[t.name].tps) * rows_1m
                     print(f"  {t.name:<10} {rps:>14,.0f} rows/s")
+            if name == "select-simple-tls":
+                # TLS's targets: >= 0.8x pgjit's own plain TCP, >= PgBouncer with TLS.
+                print(f"  pgjit+tls = {med['pgjit+tls'] / med['pgjit']:.2f}x pgjit (plain TCP), "
+                      f"{med['pgjit+tls'] / med['pgbouncer+tls']:.2f}x pgbouncer+tls; "
+                      f"direct+tls = {med['direct+tls'] / med['direct']:.2f}x direct")
             if name.startswith("1M-") and "pgjit+mask" in med:
                 # Masking's targets: >= 0.5x the unmasked pass-through with a masked
                 # column; within 5 % of it without one.

@@ -57,6 +57,9 @@ class RelayedSession(Protocol):
 log = logging.getLogger("pgjit.gateway.reactor")
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+# Reads of one TLS socket per event at most (each up to the receive buffer):
+# what the TLS object holds decrypted is read without waiting for an event.
+_TLS_READS = 64
 _ERR = select.EPOLLERR | select.EPOLLHUP
 # Events handled per wakeup before yielding to the rest of trio.
 _BATCH = 256
@@ -130,8 +133,12 @@ class Channel:
         self.reactor = reactor
         self.session = session
         self.relay = relay = session.relay  # the I/O-free half (pgjit.gateway.relay)
-        self.client = client.sock
-        self.upstream = upstream.sock
+        # A plain socket, or a TLS transport with the same recv_into/send/fileno
+        # (pgjit.gateway.transport.TLSTransport: the TLS records are made and
+        # read here, in Python; the C core relays plain sockets only).
+        self.tls = bool(client.tls or upstream.tls)
+        self.client = client if client.tls else client.sock  # type: ignore[attr-defined]
+        self.upstream = upstream if upstream.tls else upstream.sock  # type: ignore[attr-defined]
         self.cfd = self.client.fileno()
         self.ufd = self.upstream.fileno()
         self._backlog: dict[int, memoryview | None] = {self.cfd: None, self.ufd: None}  # unsent, per destination
@@ -147,7 +154,7 @@ class Channel:
         self._log: bytearray | None = None
         # A masked session's every server byte goes through its masker
         # (pgjit.masking.wire): its reads take the Python path.
-        if reactor.use_core and relay.masker is None:
+        if reactor.use_core and relay.masker is None and not self.tls:
             watch, count_only, max_size, backend_max = relay.relay_profile()
             gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),
@@ -342,11 +349,19 @@ class Channel:
         return memoryview(buf)[:n]
 
     def _read_client(self) -> None:
-        view = self._recv(self.client, self.reactor._buf)
-        if view is not None:
+        for _ in range(_TLS_READS):
+            view = self._recv(self.client, self.reactor._buf)
+            if view is None:
+                return
             data = view.tobytes()  # the session may keep it (an incomplete message): copy
             view.release()
             self._got_client(data)
+            # TLS: decrypted bytes no socket event will announce are read now
+            # (while the client is read at all: backpressure may have stopped it).
+            if not (self.tls and data and not self.closed and self._mask[self.cfd] & _IN
+                    and getattr(self.client, "buffered", False)):
+                return
+        self.reactor._tls_ready.add(self)  # more than one turn's worth: the rest on the next poll
 
     def _got_client(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -356,12 +371,32 @@ class Channel:
         self.feed_client(data)
 
     def _read_upstream(self) -> None:
-        data = self._recv(self.upstream, self.reactor._buf)
-        if data is not None:
+        for _ in range(_TLS_READS):
+            data = self._recv(self.upstream, self.reactor._buf)
+            if data is None:
+                return
+            got = len(data)
             try:
                 self._got_upstream(data)
             finally:
                 data.release()
+            if not (self.tls and got and not self.closed and self._mask[self.ufd] & _IN
+                    and getattr(self.upstream, "buffered", False)):
+                return
+        self.reactor._tls_ready.add(self)
+
+    def tls_ready(self) -> None:
+        """TLS bytes decrypted (or received) but not read yet, on either side:
+        read them now, as if their socket had said so."""
+        if self.closed:
+            return
+        try:
+            for fd, sock, read in ((self.cfd, self.client, self._read_client), (self.ufd, self.upstream, self._read_upstream)):
+                if not self.closed and self._mask[fd] & _IN and getattr(sock, "buffered", False):
+                    read()
+            self._sync()
+        except BaseException as e:
+            self._finish(e)
 
     def _got_upstream(self, data: memoryview) -> None:
         if not data:
@@ -400,6 +435,8 @@ class Channel:
             return
         if n < len(view):
             self._keep(fd, view[n:])
+        elif getattr(sock, "pending", False):
+            self._keep(fd, b"")  # TLS records the kernel did not take yet: wait until writable
 
     def _send_failed(self, fd: int) -> None:
         # The destination is gone: the session ends (its reader sees EOF).
@@ -422,7 +459,12 @@ class Channel:
             return
         sock = self.client if fd == self.cfd else self.upstream
         try:
-            n = sock.send(view)
+            if len(view):
+                n = sock.send(view)
+            else:  # only TLS records left over
+                n = 0
+                if not sock.flush():
+                    return
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -430,6 +472,9 @@ class Channel:
             return
         if n < len(view):
             self._backlog[fd] = view[n:]
+            return
+        if getattr(sock, "pending", False):
+            self._backlog[fd] = memoryview(b"")
             return
         self._backlog[fd] = None
         if self.relay.halted:
@@ -440,6 +485,10 @@ class Channel:
         if source == self.cfd and self.relay.terminating:
             return  # nothing more is read from a client that sent Terminate
         self._set_mask(source, self._mask[source] | _IN)
+        if self.tls:
+            # What the TLS object decrypted while the source was not read: no
+            # socket event will announce it.
+            self.reactor._tls_ready.add(self)
 
     def _set_mask(self, fd: int, mask: int) -> None:
         if self.closed or self._mask[fd] == mask:
@@ -477,6 +526,8 @@ class Reactor:
         # read to Python together with this buffer and put a fresh one in its
         # place, so it is always reached through the list.
         self._bufs = [bytearray(RECV_SIZE)]
+        # Channels whose TLS objects hold bytes no socket event will announce.
+        self._tls_ready: set[Channel] = set()
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
         self._degraded = False
@@ -511,6 +562,16 @@ class Reactor:
     def poll(self) -> bool:
         """Handle the events that are ready now, without waiting; False when
         there were none."""
+        ready = self._tls_ready
+        if ready:
+            self._tls_ready = set()
+            for channel in ready:
+                channel.tls_ready()
+            self._poll()
+            return True
+        return self._poll()
+
+    def _poll(self) -> bool:
         if self.use_core:
             watch = self.audit_degraded
             if watch is not None and watch() != self._degraded:
@@ -544,7 +605,10 @@ class Reactor:
         now = time.perf_counter_ns
         try:
             while True:
-                await trio.lowlevel.wait_readable(epfd)
+                if self._tls_ready:
+                    await trio.lowlevel.checkpoint()  # decrypted bytes wait: no epoll event will come for them
+                else:
+                    await trio.lowlevel.wait_readable(epfd)
                 if wait is None:
                     # While events keep coming, poll again before going back to
                     # trio: a reply has often arrived by the time a batch is

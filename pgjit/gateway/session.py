@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
+import os
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ from pgjit.gateway.clientauth import Principal
 from pgjit.gateway.lexstate import lexer_state_problem
 from pgjit.gateway.recording import SessionRecorder
 from pgjit.gateway.relay import MAX_BACKEND_MESSAGE, Relay, lexer_error
-from pgjit.gateway.transport import SocketTransport, Transport, TransportClosed, start_tls
+from pgjit.gateway.transport import SocketTransport, TLSTransport, Transport, TransportClosed, start_tls
 from pgjit.gateway.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
 from pgjit.jit.naming import quote_ident, quote_literal
 from pgjit.protocol import messages as m
@@ -52,6 +53,10 @@ _DRAIN_GRACE = 1.0
 
 # A token must leave its JIT role at least this long to log in with.
 _MIN_ROLE_SECONDS = 1.0
+
+# TLS sessions relay through the reactor (PGJIT_TLS_RELAY=tasks: through the
+# two-task path, the reference the differential tests hold it equal to).
+_REACTOR_TLS = os.environ.get("PGJIT_TLS_RELAY", "reactor") != "tasks"
 
 # Startup parameters that are not server settings (or are checked otherwise).
 _STARTUP_NOT_SETTINGS = frozenset(("user", "database", "replication", "options", "application_name"))
@@ -91,6 +96,7 @@ class Session:
         self.counted_starting = False  # counted in gateway.starting (set by the accept loop)
         self._relay_scope: trio.CancelScope | None = None
         self._relay_nursery: trio.Nursery | None = None
+        self._relayed_by: str | None = None  # reactor | tasks, once relaying
         # Approvals: the event a CancelRequest sets while a statement is held,
         # the channel it is held on (reactor path), the grant's settings.
         self._hold_cancel: trio.Event | None = None
@@ -171,7 +177,8 @@ class Session:
             metrics.SESSIONS_TOTAL.labels(self.database or "-", self.end_reason).inc()
             log.info(
                 "session closed",
-                extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3)},
+                extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3),
+                       "tls": bool(getattr(self.client, "tls", False)), "relay": self._relayed_by},
             )
             logs.session_id.reset(token)
 
@@ -501,9 +508,12 @@ class Session:
                     nursery.cancel_scope.cancel()
                 if self.ends_at is not None:
                     nursery.start_soon(self._expiry_watch)
-                if reactor is not None and isinstance(self.client, SocketTransport) and isinstance(up, SocketTransport):
-                    # Plain TCP both ways: the gateway's shared epoll reactor
-                    # relays this session without a task wakeup per read.
+                kinds = (SocketTransport, TLSTransport) if _REACTOR_TLS else (SocketTransport,)
+                if reactor is not None and isinstance(self.client, kinds) and isinstance(up, kinds):
+                    self._relayed_by = "reactor"
+                    # The gateway's shared epoll reactor relays this session
+                    # without a task wakeup per read (TLS records made and
+                    # read in the reactor too; the C core takes plain TCP).
                     channel = reactor.attach(self, self.client, up)
                     try:
                         if leftover:
@@ -515,6 +525,7 @@ class Session:
                         channel.close()
                     nursery.cancel_scope.cancel()
                 else:
+                    self._relayed_by = "tasks"
                     nursery.start_soon(self._client_to_server, leftover)
                     nursery.start_soon(self._server_to_client)
         except BaseExceptionGroup as group:

@@ -6,7 +6,9 @@ only when the socket would block, so a round trip costs one wakeup per
 direction. trio's ``SocketStream.receive_some`` always checkpoints first, which
 costs an extra scheduling pass and often an extra ``recv`` syscall.
 
-TLS goes through ``trio.SSLStream``, whose per-record work dominates anyway.
+TLS is an ``ssl.SSLObject`` with memory BIOs over the same kind of socket
+(:class:`TLSTransport`), so that the reactor relays TLS sessions as it
+relays plain ones.
 """
 
 from __future__ import annotations
@@ -137,63 +139,220 @@ class SocketTransport(Transport):
 
 
 class TLSTransport(Transport):
+    """TLS over a non-blocking stdlib socket with an ``ssl.SSLObject`` and a
+    pair of memory BIOs: the same object serves the session's phases
+    (``receive``/``send_all``, waiting with trio's low-level waits) and the
+    reactor (``recv_into``/``send``, which never block: the reactor relays TLS
+    sessions like plain ones, pgjit.gateway.reactor).
+
+    ``send`` takes all the plaintext it is given when no ciphertext is left
+    over from before, and keeps what the kernel did not take of its records
+    (``pending``); with ciphertext left over it takes nothing
+    (BlockingIOError), so the reactor's backpressure holds as for TCP: at most
+    one write's records are held. ``recv_into`` may leave decrypted plaintext
+    in the TLS object that no socket event will announce (``buffered``): the
+    reactor reads again while there is."""
+
     tls = True
 
-    def __init__(self, stream: trio.SSLStream) -> None:
-        self.stream = stream
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.ssl = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self._pending = b""  # ciphertext the kernel has not taken yet
         self.closed = False
+        self._eof = False
 
-    async def receive(self) -> bytes:
-        try:
-            return await self.stream.receive_some(RECV_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            return b""
+    # -- compatibility (the session reads the TLS version through .stream)
+    @property
+    def stream(self) -> "TLSTransport":
+        return self
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self.stream.send_all(bytes(data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
-            raise TransportClosed(str(e)) from None
+    def version(self) -> str | None:
+        return self.ssl.version()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def peer_certificate_der(self) -> bytes | None:
         try:
-            return self.stream.getpeercert(binary_form=True)
+            return self.ssl.getpeercert(binary_form=True)
         except Exception:
             return None
+
+    # ------------------------------------------------------------ async side
+
+    async def _flush_async(self) -> None:
+        data = self._pending + self._out.read()
+        self._pending = b""
+        view = memoryview(data)
+        while view:
+            try:
+                n = self.sock.send(view)
+                view = view[n:]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise TransportClosed(str(e)) from None
+            await trio.lowlevel.wait_writable(self.sock)
+
+    async def _fill_async(self) -> bool:
+        """Read ciphertext from the socket into the TLS object; False at EOF."""
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._in.write_eof()
+                self._eof = True
+                return False
+            self._in.write(data)
+            return True
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.ssl.do_handshake()
+                await self._flush_async()
+                return
+            except ssl.SSLWantReadError:
+                await self._flush_async()
+                if not await self._fill_async():
+                    raise ssl.SSLEOFError("the peer closed the connection during the TLS handshake")
+            except ssl.SSLWantWriteError:  # pragma: no cover - memory BIOs do not ask
+                await self._flush_async()
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                data = self.ssl.read(RECV_SIZE)
+                if self._out.pending:
+                    await self._flush_async()  # e.g. a TLS 1.3 key update answered
+                return data
+            except ssl.SSLWantReadError:
+                if self._out.pending:
+                    await self._flush_async()
+                if self._eof or not await self._fill_async():
+                    return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            except (ssl.SSLError, TransportClosed):
+                return b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.ssl.write(bytes(data))
+        except ssl.SSLError as e:
+            raise TransportClosed(str(e)) from None
+        await self._flush_async()
+
+    # ---------------------------------------------------------- reactor side
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    @property
+    def buffered(self) -> bool:
+        """Plaintext (or ciphertext still to decrypt) inside the TLS object."""
+        return self.ssl.pending() > 0 or self._in.pending > 0
+
+    def flush(self) -> bool:
+        """Send what ciphertext is left over; True when none is."""
+        data = self._pending + self._out.read()
+        if not data:
+            self._pending = b""
+            return True
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        self._pending = data[n:]
+        return not self._pending
+
+    def recv_into(self, buf: bytearray) -> int:
+        """Plaintext into ``buf``: its length, 0 at the end of the stream;
+        BlockingIOError when none is there yet."""
+        while True:
+            try:
+                n = self.ssl.read(len(buf), buf)
+                if self._out.pending:
+                    self.flush()
+                return n
+            except ssl.SSLWantReadError:
+                if self._out.pending:
+                    self.flush()
+                if self._eof:
+                    return 0
+                data = self.sock.recv(RECV_SIZE)  # BlockingIOError: nothing there
+                if not data:
+                    self._in.write_eof()
+                    self._eof = True
+                    return 0
+                self._in.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+            except ssl.SSLError as e:
+                raise ConnectionResetError(str(e)) from None
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt and send ``data`` (see the class): len(data), or
+        BlockingIOError while ciphertext of an earlier write is left over."""
+        if self._pending and not self.flush():
+            raise BlockingIOError()
+        try:
+            self.ssl.write(data)
+        except ssl.SSLError as e:
+            raise BrokenPipeError(str(e)) from None
+        self.flush()
+        return len(data)
 
     async def aclose(self) -> None:
         if self.closed:
             return
         self.closed = True
-        # Do not wait for the peer's close_notify; a dead peer must not hang us.
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            try:
-                await self.stream.aclose()
-            except Exception:
-                pass
-        if scope.cancelled_caught:
-            try:
-                await trio.aclose_forcefully(self.stream.transport_stream)
-            except Exception:
-                pass
+        # A close_notify if it goes at once; never wait for the peer's.
+        try:
+            self.ssl.unwrap()
+        except Exception:
+            pass
+        try:
+            self.flush()
+        except Exception:
+            pass
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except Exception:
+            pass
+        self.sock.close()
 
 
 async def start_tls(
     transport: SocketTransport, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
 ) -> TLSTransport:
-    stream = transport.to_trio_stream()
-    ssl_stream = trio.SSLStream(
-        stream, ctx, server_side=server_side, server_hostname=server_hostname, https_compatible=False
-    )
+    transport.closed = True  # the socket is the TLS transport's now
+    tls = TLSTransport(transport.sock, ctx, server_side=server_side, server_hostname=server_hostname)
     try:
-        await ssl_stream.do_handshake()
+        await tls.handshake()
     except BaseException:
-        # A failed or timed-out handshake: the socket now belongs to the
-        # trio stream, so it is closed here (not left to the garbage collector).
-        await trio.aclose_forcefully(stream)
+        # A failed or timed-out handshake closes the socket here (not left to
+        # the garbage collector).
+        tls.closed = True
+        try:
+            trio.lowlevel.notify_closing(tls.sock)
+        except Exception:
+            pass
+        tls.sock.close()
         raise
-    return TLSTransport(ssl_stream)
+    return tls
 
 
 async def open_tcp(host: str, port: int) -> SocketTransport:
