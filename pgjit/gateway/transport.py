@@ -131,11 +131,16 @@ class SocketTransport(Transport):
         if self.closed:
             return
         self.closed = True
-        try:
-            trio.lowlevel.notify_closing(self.sock)
-        except Exception:
-            pass
-        self.sock.close()
+        _close(self.sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a socket trio may be waiting on (waiters are woken first)."""
+    try:
+        trio.lowlevel.notify_closing(sock)
+    except Exception:
+        pass
+    sock.close()
 
 
 class TLSTransport(Transport):
@@ -328,11 +333,7 @@ class TLSTransport(Transport):
             self.flush()
         except Exception:
             pass
-        try:
-            trio.lowlevel.notify_closing(self.sock)
-        except Exception:
-            pass
-        self.sock.close()
+        _close(self.sock)
 
 
 async def start_tls(
@@ -346,11 +347,7 @@ async def start_tls(
         # A failed or timed-out handshake closes the socket here (not left to
         # the garbage collector).
         tls.closed = True
-        try:
-            trio.lowlevel.notify_closing(tls.sock)
-        except Exception:
-            pass
-        tls.sock.close()
+        _close(tls.sock)
         raise
     return tls
 
