@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 import secrets
 import struct
 import time
@@ -278,6 +279,7 @@ class Relay:
         self._release: tuple[bytes, tuple | None, PgjitError | None] | None = None  # how the held one goes, once
         self._approval_stmts: dict[str, tuple[bytes, str, str | None]] = {}  # prepared name -> (SQL, rule, message)
         self._approval_portals: dict[str, tuple[bytes, str, str | None, tuple]] = {}  # portal -> (SQL, rule, msg, params)
+        self.client_statement_timeout: float | None = None  # seconds, as the client last SET it
 
     def enable_approvals(self) -> None:
         self.approvals = True
@@ -872,6 +874,8 @@ class Relay:
         elif parse_name is not None:
             self._approval_stmts.pop(parse_name, None)
         if allowed:
+            if self.approvals and any("statement_timeout" in f.settings for f in analysis.statements):
+                self._note_statement_timeout(raw)
             if self.masker is not None and not startup:  # a startup setting gets no reply to mask
                 dynamic = any(f.dynamic_sql or f.unknown_body for f in analysis.statements)
                 error = self._mask_statement(raw, parse_name, dynamic)
@@ -898,6 +902,21 @@ class Relay:
             f'statement denied by policy rule "{rule}"' + (f": {decision.message}" if decision.message else ""),
             hint=decision.hint or "ask a DBA if you need this",
         )
+
+    def _note_statement_timeout(self, raw: bytes) -> None:
+        """The client set (or reset) statement_timeout: a hold never waits longer
+        (pgjit.gateway.holds). ``SET [SESSION|LOCAL] statement_timeout = v`` and
+        RESET; a value pgjit cannot read leaves the last one known."""
+        text = raw.decode("utf-8", "replace")
+        if _RESET_TIMEOUT.search(text):
+            self.client_statement_timeout = None
+            return
+        m_ = _SET_TIMEOUT.search(text)
+        if m_ is None:
+            return
+        value = _pg_duration_seconds(m_.group(1))
+        if value is not None:
+            self.client_statement_timeout = value or None  # 0: no limit
 
     def _mask_statement(self, raw: bytes, parse_name: str | None, dynamic: bool = False) -> PgjitError | None:
         """Tell the masker about an allowed Query or Parse; the error to
@@ -1036,6 +1055,23 @@ class Relay:
             if marker in text:
                 del self._rewrites[marker]
                 return m.ErrorResponse.from_error(error).encode()
+        return None
+
+
+_SET_TIMEOUT = re.compile(r"(?i)\bset\s+(?:session\s+|local\s+)?statement_timeout\s*(?:=|\bto\b)\s*'?([0-9.]+\s*[a-z]*)'?")
+_RESET_TIMEOUT = re.compile(r"(?i)\breset\s+(?:statement_timeout|all)\b")
+_PG_UNITS = {"": 0.001, "us": 1e-6, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _pg_duration_seconds(text: str) -> float | None:
+    """A statement_timeout value as PostgreSQL reads it (a bare number is
+    milliseconds), in seconds; None when it cannot be read."""
+    m_ = re.fullmatch(r"([0-9.]+)\s*([a-z]*)", text.strip().lower())
+    if m_ is None or m_.group(2) not in _PG_UNITS:
+        return None
+    try:
+        return float(m_.group(1)) * _PG_UNITS[m_.group(2)]
+    except ValueError:
         return None
 
 

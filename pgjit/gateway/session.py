@@ -577,8 +577,10 @@ class Session:
         return True
 
     def statement_timeout_seconds(self) -> float | None:
-        """The session's statement_timeout as the policy's grant sets it (a
-        hold never waits longer)."""
+        """The session's statement_timeout — as the client last set it, else as
+        the policy's grant sets it (a hold never waits longer)."""
+        if self.relay.client_statement_timeout:
+            return self.relay.client_statement_timeout
         for key, value in self._grant_settings:
             if key == "statement_timeout" and value.endswith("ms") and value[:-2].isdigit() and int(value[:-2]) > 0:
                 return int(value[:-2]) / 1000

@@ -81,3 +81,14 @@ def test_without_approvals_it_is_refused():
     out, _ = r.from_client(q("DELETE FROM t"))
     assert r.hold is None and out.startswith(b"B")  # the marker stand-in
     assert struct.unpack("!I", out[1:5])[0] > 4
+
+
+def test_the_clients_statement_timeout_is_followed():
+    r = _relay()
+    assert r.client_statement_timeout is None
+    for sql, seconds in (("SET statement_timeout = 5000", 5.0), ("set statement_timeout to '2s'", 2.0),
+                         ("SET SESSION statement_timeout = '1min'", 60.0), ("SET LOCAL statement_timeout = 250", 0.25),
+                         ("SET statement_timeout = 0", None), ("SET statement_timeout = '3s'", 3.0),
+                         ("RESET statement_timeout", None)):
+        r.from_client(q(sql))
+        assert r.client_statement_timeout == seconds, sql
