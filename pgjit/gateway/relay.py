@@ -819,7 +819,8 @@ class Relay:
         except Exception:
             return False
         if (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
-                and not _changes_catalog(analysis)):
+                and not _changes_catalog(analysis)
+                and not (self.approvals and any("statement_timeout" in f.settings for f in analysis.statements))):
             _GATE_SECONDS.observe(_clock() - started)  # a False is timed again on the Python path
             return True
         return False

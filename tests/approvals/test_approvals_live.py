@@ -428,3 +428,13 @@ def test_slack_payload():
     body = payload(cfg, req, "pgjit approvals approve apr_1")
     assert set(body) == {"text"} and "DROP TABLE x" in body["text"] and "https://pgjit.example/approvals/apr_1" in body["text"]
     assert "2 approvals from dba" in body["text"]
+
+
+def test_a_hold_never_outwaits_the_clients_statement_timeout(env, issuer):
+    who = "nina@example.com"
+    with psycopg.connect(env.dsn(user=who, password=issuer.token(who, groups=["devs"])), autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '1s'")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="timed out"):
+            conn.execute("ALTER TABLE held_things ADD COLUMN IF NOT EXISTS quick text")
+        assert time.monotonic() - started < 5  # the hold timeout is 8 s here
