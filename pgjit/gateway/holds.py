@@ -252,7 +252,11 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
                     if cancelled.is_set():
                         outcome = "withdrawn"
                         break
-                    current = await trio.to_thread.run_sync(store.get, rid)
+                    try:
+                        current = await trio.to_thread.run_sync(store.get, rid)
+                    except Exception as e:  # the store went away: keep waiting (the timeout still ends it)
+                        log.warning("approval store unreachable", extra={"request": rid, "error": str(e)[:200]})
+                        current = None
                     if current is not None and current.status != PENDING:
                         outcome = current.status
                         req = current
@@ -271,7 +275,12 @@ async def hold(session: Any, held: Any, cancelled: trio.Event) -> PgjitError | N
             session.record_approval(rid, "withdrawn", held.rule)
     metrics.APPROVAL_OUTCOMES.labels(outcome if outcome in ("approved", "denied", "withdrawn", "timeout") else "expired").inc()
     if outcome == APPROVED:
-        ok = await trio.to_thread.run_sync(lambda: store.take_approval(rid, single_use=cfg.single_use))
+        try:
+            ok = await trio.to_thread.run_sync(lambda: store.take_approval(rid, single_use=cfg.single_use))
+        except Exception as e:  # approved, but the store cannot say it is unused: it does not run
+            log.warning("approval store unreachable", extra={"request": rid, "error": str(e)[:200]})
+            return InsufficientPrivilege(f"approval request {rid} was approved, but pgjit cannot record its use: "
+                                         "the store is unreachable", hint="send the statement again when the store is back")
         if ok:
             session.record_approval(rid, "approved", held.rule, req)
             return None
