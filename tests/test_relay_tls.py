@@ -16,7 +16,6 @@ import re
 import socket
 import ssl
 
-import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -6,7 +6,6 @@ results checked against a direct connection."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import ssl
 import subprocess
