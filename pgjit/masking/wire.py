@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -68,13 +69,11 @@ class Col:
     format: int
 
 
-class Refused(Exception):
-    """A statement the masking rules refuse (the relay answers 42501)."""
+#: A statement the masking rules refuse (the relay answers 42501).
+Refused = Refusal
 
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(message)
-        self.rule = rule
-        self.message = message
+#: The plan of a statement pgjit did not see: anything in it may be masked.
+UNKNOWN = Part(None, True, True)
 
 
 class Masker:
@@ -92,20 +91,16 @@ class Masker:
         # The replies the server owes, in order: [kind, data]
         #   Q [parts, index]   P   B   D (kind, name)   E (portal)   S   C   R (a refusal's stand-in)
         self._fifo: collections.deque[list[Any]] = collections.deque()
-        self._cols: list[Col] | None = None  # the result being relayed (None: nothing in it to mask)
-        self._cols_set = False  # _cols is known for the result being relayed
-        self._spec: tuple[Any, ...] | None = None  # _cols as rows() takes it
-        self._spec_masks = 0  # columns the spec masks
+        # The result being relayed, as _rows.rows takes it (None: nothing in it
+        # to mask), once known (its RowDescription, or its Execute's portal).
+        self._spec: tuple[Any, ...] | None = None
+        self._spec_set = False
         self._copy: tuple[Part, list[Col] | None, str, bool] | None = None  # part, cols, format, header still to come
-        self.masked_values = 0
 
     # ------------------------------------------------------------ client
 
     def _plan(self, sql: bytes) -> list[Part]:
-        try:
-            parts = plan_cached(sql, self._catalog(), self.profile, self._resolver())
-        except Refusal as r:
-            raise Refused(r.rule, r.message) from None
+        parts = plan_cached(sql, self._catalog(), self.profile, self._resolver())
         for i, p in enumerate(parts):
             if p.prepares is not None:
                 self.prepared[p.prepares] = p
@@ -113,7 +108,7 @@ class Masker:
                 if p.executes not in self.prepared:
                     raise Refused("pgjit:masking", f'pgjit did not see prepared statement "{p.executes}" prepared, '
                                                    "so it cannot tell which of its columns to mask")
-                parts[i] = self.prepared[p.executes] or Part(None, True, True)
+                parts[i] = self.prepared[p.executes] or UNKNOWN
             if p.declares is not None:
                 self.cursors[p.declares] = p
             if p.fetches is not None:
@@ -150,7 +145,7 @@ class Masker:
         except Exception:
             self._fifo.append(["B", None])
             return
-        self.portals[b.portal] = (self.prepared.get(b.statement, Part(None, True, True)), b.result_formats, b.statement)
+        self.portals[b.portal] = (self.prepared.get(b.statement, UNKNOWN), b.result_formats, b.statement)
         self.portal_desc.pop(b.portal, None)
         self._fifo.append(["B", None])
 
@@ -190,15 +185,12 @@ class Masker:
         while pos + 5 <= n:
             tag = buf[pos]
             if tag == 68:  # a run of DataRows, in C (_rows.rows)
-                if not self._cols_set:
-                    self._cols = self._execute_cols()
-                    self._cols_set = True
-                    self._spec = self._make_spec(self._cols)
-                stop, new, count = rows(buf, pos, self._spec)
+                if not self._spec_set:
+                    self._spec, self._spec_set = self._execute_spec(), True
+                stop, new, _ = rows(buf, pos, self._spec)
                 if stop == pos:
                     raise ValueError("malformed DataRow message from the server")
                 if new is not None:
-                    self.masked_values += count * self._spec_masks
                     out.append(buf[seg:pos])
                     out.append(new)
                     seg = stop
@@ -227,13 +219,12 @@ class Masker:
                     self.stmt_desc[name] = fields
                 else:
                     self.portal_desc[name] = fields
-                self._cols, self._cols_set = None, False
+                self._spec_set = False
             else:
-                self._cols, self._cols_set = self._columns(self._part(), fields, None), True
-                self._spec = self._make_spec(self._cols)
+                self._spec, self._spec_set = self._make_spec(self._columns(self._part(), fields, None)), True
             return None
         if tag == 67 or tag == 73:  # C CommandComplete, I EmptyQueryResponse
-            self._cols, self._cols_set = None, False
+            self._spec_set = False
             self._copy = None
             if q:
                 if q[0][0] == "Q":
@@ -242,12 +233,12 @@ class Masker:
                     q.popleft()
             return None
         if tag == 115:  # s PortalSuspended
-            self._cols, self._cols_set = None, False
+            self._spec_set = False
             if q and q[0][0] == "E":
                 q.popleft()
             return None
         if tag == 90:  # Z
-            self._cols, self._cols_set = None, False
+            self._spec_set = False
             self._copy = None
             while q:
                 kind, _ = q.popleft()
@@ -259,7 +250,7 @@ class Masker:
             part = self._part()
             new = self._scrub_fields(tag, body, part, refused)
             if tag == 69:
-                self._cols, self._cols_set = None, False
+                self._spec_set = False
                 self._copy = None
                 if q and q[0][0] != "Q":
                     while q and q[0][0] != "S":
@@ -343,30 +334,24 @@ class Masker:
             cols.append(Col(rule, whole, f.type_oid, fmt))
         return cols if anything else None
 
-    def _execute_cols(self) -> list[Col] | None:
-        """The first DataRow of an Execute: its portal's description."""
+    def _execute_spec(self) -> tuple[Any, ...] | None:
+        """The first DataRow of an Execute: its portal's description. Rows
+        whose description pgjit did not see lose every value (``()``: the
+        types are unknown, so NULL), unless nothing in them can be masked."""
         q = self._fifo
-        if not q or q[0][0] != "E":
-            return self._unknown_cols()
-        portal = q[0][1]
-        entry = self.portals.get(portal)
+        entry = self.portals.get(q[0][1]) if q and q[0][0] == "E" else None
         if entry is None:
-            return self._unknown_cols()
+            return ()
         part, formats, stmt = entry
-        fields = self.portal_desc.get(portal)
+        fields = self.portal_desc.get(q[0][1])
         if fields is not None:
-            return self._columns(part, fields, None)
+            return self._make_spec(self._columns(part, fields, None))
         fields = self.stmt_desc.get(stmt)
         if fields is not None:
-            return self._columns(part, fields, formats)
-        return self._unknown_cols(part, formats)
-
-    def _unknown_cols(self, part: Part | None = None, formats: tuple[int, ...] = ()) -> list[Col] | None:
-        """Rows whose description pgjit did not see: every value a masked
-        column could be in goes (types unknown: NULL)."""
-        if part is not None and not part.any_taint and not part.touches and not self.profile.detects:
+            return self._make_spec(self._columns(part, fields, formats))
+        if not part.any_taint and not part.touches and not self.profile.detects:
             return None
-        return [Col(self.profile.rules[0], True, -1, 0)] * 1  # marker: applied to every value (see _datarow)
+        return ()
 
     # ------------------------------------------------------------ values
 
@@ -379,8 +364,6 @@ class Masker:
                 if text is None:
                     return None
                 if t in (_JSON, _JSONB):
-                    import json
-
                     enc = json.dumps(text).encode()
                     return b"\x01" + enc if (t == _JSONB and fmt == 1) else enc
                 return text.encode("utf-8")
@@ -397,8 +380,6 @@ class Masker:
             raw = raw[1:]
         s = raw.decode("utf-8", "surrogateescape")
         if t in (_JSON, _JSONB):
-            import json
-
             try:
                 v = json.loads(s)
                 s = v if isinstance(v, str) else s
@@ -409,13 +390,8 @@ class Masker:
     def _make_spec(self, cols: list[Col] | None) -> tuple[Any, ...] | None:
         """``cols`` as _rows.rows takes them (see _rows.c)."""
         if cols is None:
-            self._spec_masks = 0
             return None
-        if len(cols) == 1 and cols[0].type_oid == -1:  # nothing known: every value goes
-            self._spec_masks = 1
-            return ()
         spec: list[Any] = []
-        masks = 0
         for col in cols:
             rule, t = col.rule, col.type_oid
             if rule is None:
@@ -424,7 +400,6 @@ class Masker:
                 else:
                     spec.append(None)
                 continue
-            masks += 1
             if t in _TEXT_TYPES:
                 if col.whole or rule.function == "redact":
                     spec.append(rule.text.encode("utf-8"))
@@ -438,7 +413,6 @@ class Masker:
                 spec.append(functools.partial(self._value, col))
             else:
                 spec.append(-1)
-        self._spec_masks = masks
         return tuple(spec)
 
     # -------------------------------------------------------------- COPY
@@ -446,7 +420,7 @@ class Masker:
     def _copy_start(self, part: Part | None, body: bytes) -> None:
         fmt_code = body[0] if body else 0
         if part is None:
-            part = Part(None, True, True)
+            part = UNKNOWN
         plan_ = part.copy
         fmt = "binary" if fmt_code == 1 else (plan_.format if plan_ is not None else "text")
         outs = part.outputs
@@ -467,7 +441,6 @@ class Masker:
         if fmt == "binary":
             # The lineage refuses a binary COPY of masked columns; should one
             # come anyway, none of its bytes go to the client.
-            self.masked_values += 1
             return _copy_data(b"")
         if cols is None and not part.any_taint and not part.touches:
             text = body.decode("utf-8", "surrogateescape")  # detectors only
@@ -492,7 +465,6 @@ class Masker:
                 continue
             value = _copy_unescape(f) if fmt == "text" else _csv_unquote(f)
             if col.rule is not None:
-                self.masked_values += 1
                 masked = col.rule.text if col.whole else self.profile.mask(col.rule, value)
             elif self.profile.detects:
                 masked = self.profile.scrub(value)
