@@ -94,6 +94,12 @@ class InsufficientPrivilege(PgjitError):
     sqlstate = "42501"
 
 
+class QueryCanceled(PgjitError):
+    """A statement that waited and was not run: its approval hold timed out or was withdrawn (57014)."""
+
+    sqlstate = "57014"
+
+
 class SyntaxErrorSQL(PgjitError):
     """A statement pgjit cannot parse (42601); it is never forwarded."""
 

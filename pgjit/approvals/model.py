@@ -119,6 +119,19 @@ def decide(req: Request, approver: str, groups: Iterable[str], decision: str, re
     return replace(req, decisions=decisions, status=status, updated=now)
 
 
+def approver(verifier: Any, token: str) -> tuple[str, frozenset[str]]:
+    """Who an approver's OIDC token says they are: (person, groups), the
+    person named as a session's is (subject, else user). Raises
+    ApprovalError (401) when the token is refused; blocking (JWKS)."""
+    from pgjit.errors import PgjitError
+
+    try:
+        ident = verifier.verify(token, verifier.config.user_placeholder)
+    except PgjitError as e:
+        raise ApprovalError(f"token refused: {e.message}", 401) from None
+    return ident.subject or ident.user, frozenset(ident.groups)
+
+
 def may_see(req: Request, who: str, groups: frozenset[str]) -> bool:
     """A request's statement is shown to its requester and to those who may decide it."""
     return req.person == who or bool(groups.intersection(req.approvers))

@@ -58,10 +58,9 @@ def _token(args: Any) -> str:
 
 
 def run(args: Any) -> int:
-    from pgjit.approvals.model import ApprovalError
+    from pgjit.approvals.model import ApprovalError, approver
     from pgjit.approvals.store import ApprovalStore
     from pgjit.cli import _load
-    from pgjit.errors import PgjitError
 
     cfg = _load(args)
     if cfg.store is None or cfg.approvals is None:
@@ -73,13 +72,11 @@ def run(args: Any) -> int:
     from pgjit.identity import TokenVerifier
     from pgjit.identity.http import make_fetcher
 
-    verifier = TokenVerifier(cfg.oidc.verifier, make_fetcher())
     try:
-        ident = verifier.verify(_token(args), verifier.config.user_placeholder)
-    except PgjitError as e:
-        print(f"pgjit approvals: token refused: {e.message}", file=sys.stderr)
+        who, groups = approver(TokenVerifier(cfg.oidc.verifier, make_fetcher()), _token(args))
+    except ApprovalError as e:
+        print(f"pgjit approvals: {e.message}", file=sys.stderr)
         return 2
-    who, groups = ident.subject or ident.user, frozenset(ident.groups)
     store = ApprovalStore(cfg.store.url)
     try:
         from pgjit.approvals.model import may_see

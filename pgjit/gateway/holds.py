@@ -37,13 +37,9 @@ import trio
 from pgjit import metrics
 from pgjit.approvals import model
 from pgjit.approvals.model import APPROVED, DENIED, PENDING, WITHDRAWN, ApprovalError, Request, may_see
-from pgjit.errors import InsufficientPrivilege, PgjitError
+from pgjit.errors import InsufficientPrivilege, PgjitError, QueryCanceled
 
 log = logging.getLogger("pgjit.approvals")
-
-
-class QueryCanceled(PgjitError):
-    sqlstate = "57014"
 
 
 class Approvals:
@@ -121,11 +117,7 @@ class Approvals:
         """Who a bearer token says the approver is (blocking: JWKS)."""
         if self.verifier is None:
             raise ApprovalError("approvals are decided with OIDC tokens; this gateway has no oidc section", 401)
-        try:
-            ident = self.verifier.verify(token, self.verifier.config.user_placeholder)
-        except PgjitError as e:
-            raise ApprovalError(f"token refused: {e.message}", 401) from None
-        return ident.subject or ident.user, frozenset(ident.groups)
+        return model.approver(self.verifier, token)
 
     def decide(self, rid: str, token: str, decision: str, reason: str) -> Request:
         """Blocking: verify the approver, record the decision, wake the session."""

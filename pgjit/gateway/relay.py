@@ -145,6 +145,11 @@ def _created_facts(facts, name: str):
     )
 
 
+def _sets_statement_timeout(analysis) -> bool:
+    """Does the statement set statement_timeout (approvals follow it)?"""
+    return any("statement_timeout" in f.settings for f in analysis.statements)
+
+
 def _changes_prepared(analysis) -> bool:
     """Does the statement create or drop prepared statements (PREPARE,
     DEALLOCATE, DISCARD)? Then the session's map of them must follow."""
@@ -594,8 +599,7 @@ class Relay:
                 return None
             text, rule, message, params = entry
             protocol = "extended"
-        release = self._release
-        if release is not None and release[0] == text and release[1] == params:
+        if self._is_release(text, params):
             return None  # decided: gate_statement (or _track) lets it run or refuses it
         return Hold(text, rule, message, params, protocol)
 
@@ -624,13 +628,19 @@ class Relay:
         held, self._held = self._held, b""
         return held
 
-    def _released(self, text: bytes, params: tuple | None) -> tuple[bool, PgjitError | None]:
-        """(is this the held statement coming back, the error to refuse it with)."""
+    def _is_release(self, text: bytes, params: tuple | None) -> bool:
+        """Is this the held statement coming back with its decision?"""
         release = self._release
-        if release is not None and release[0] == text and release[1] == params:
-            self._release = None
-            return True, release[2]
-        return False, None
+        return release is not None and release[0] == text and release[1] == params
+
+    def _released(self, text: bytes, params: tuple | None) -> tuple[bool, PgjitError | None]:
+        """(is this the held statement coming back, the error to refuse it
+        with); the decision is used up."""
+        if not self._is_release(text, params):
+            return False, None
+        error = self._release[2]  # type: ignore[index]
+        self._release = None
+        return True, error
 
     def _track(self, tag: int, buf, start: int, stop: int) -> bytes | None:  # type: ignore[no-untyped-def]
         """Tell the statement queue about a client message the server will
@@ -820,7 +830,7 @@ class Relay:
             return False
         if (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
                 and not _changes_catalog(analysis)
-                and not (self.approvals and any("statement_timeout" in f.settings for f in analysis.statements))):
+                and not (self.approvals and _sets_statement_timeout(analysis))):
             _GATE_SECONDS.observe(_clock() - started)  # a False is timed again on the Python path
             return True
         return False
@@ -875,7 +885,7 @@ class Relay:
         elif parse_name is not None:
             self._approval_stmts.pop(parse_name, None)
         if allowed:
-            if self.approvals and any("statement_timeout" in f.settings for f in analysis.statements):
+            if self.approvals and _sets_statement_timeout(analysis):
                 self._note_statement_timeout(raw)
             if self.masker is not None and not startup:  # a startup setting gets no reply to mask
                 dynamic = any(f.dynamic_sql or f.unknown_body for f in analysis.statements)
@@ -915,7 +925,7 @@ class Relay:
         m_ = _SET_TIMEOUT.search(text)
         if m_ is None:
             return
-        value = _pg_duration_seconds(m_.group(1))
+        value = pg_duration_seconds(m_.group(1))
         if value is not None:
             self.client_statement_timeout = value or None  # 0: no limit
 
@@ -1064,7 +1074,7 @@ _RESET_TIMEOUT = re.compile(r"(?i)\breset\s+(?:statement_timeout|all)\b")
 _PG_UNITS = {"": 0.001, "us": 1e-6, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _pg_duration_seconds(text: str) -> float | None:
+def pg_duration_seconds(text: str) -> float | None:
     """A statement_timeout value as PostgreSQL reads it (a bare number is
     milliseconds), in seconds; None when it cannot be read."""
     m_ = re.fullmatch(r"([0-9.]+)\s*([a-z]*)", text.strip().lower())

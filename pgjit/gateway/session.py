@@ -33,7 +33,7 @@ from pgjit.errors import (
 from pgjit.gateway.clientauth import Principal
 from pgjit.gateway.lexstate import lexer_state_problem
 from pgjit.gateway.recording import SessionRecorder
-from pgjit.gateway.relay import MAX_BACKEND_MESSAGE, Relay, lexer_error
+from pgjit.gateway.relay import MAX_BACKEND_MESSAGE, Relay, lexer_error, pg_duration_seconds
 from pgjit.gateway.transport import SocketTransport, TLSTransport, Transport, TransportClosed, start_tls
 from pgjit.gateway.upstream import MessageStream, UpstreamConnection, connect_upstream, send_cancel
 from pgjit.jit.naming import quote_ident, quote_literal
@@ -510,10 +510,10 @@ class Session:
                     nursery.start_soon(self._expiry_watch)
                 kinds = (SocketTransport, TLSTransport) if _REACTOR_TLS else (SocketTransport,)
                 if reactor is not None and isinstance(self.client, kinds) and isinstance(up, kinds):
-                    self._relayed_by = "reactor"
                     # The gateway's shared epoll reactor relays this session
                     # without a task wakeup per read (TLS records made and
                     # read in the reactor too; the C core takes plain TCP).
+                    self._relayed_by = "reactor"
                     channel = reactor.attach(self, self.client, up)
                     try:
                         if leftover:
@@ -556,18 +556,26 @@ class Session:
     def start_hold(self, channel) -> None:  # type: ignore[no-untyped-def]
         """The reactor's channel holds a statement (relay.hold): wait for its
         decision in a task of the relay's nursery, then release it."""
-        self._hold_cancel = trio.Event()
         self._hold_channel = channel
         assert self._relay_nursery is not None
         self._relay_nursery.start_soon(self._hold_task, channel)
 
     async def _hold_task(self, channel) -> None:  # type: ignore[no-untyped-def]
-        from pgjit.gateway import holds
-
-        error = await holds.hold(self, self.relay.hold, self._hold_cancel)
-        self._hold_cancel = None
+        error = await self._decide_hold()
         self._hold_channel = None
         channel.release(error)
+
+    async def _decide_hold(self) -> PgjitError | None:
+        """Wait for the held statement's decision (pgjit.gateway.holds): None
+        when it runs, else the error it is refused with. A CancelRequest
+        meanwhile withdraws it (cancel_hold)."""
+        from pgjit.gateway import holds
+
+        self._hold_cancel = trio.Event()
+        try:
+            return await holds.hold(self, self.relay.hold, self._hold_cancel)
+        finally:
+            self._hold_cancel = None
 
     def cancel_hold(self) -> bool:
         """A CancelRequest: withdraw the held statement, if there is one."""
@@ -582,8 +590,8 @@ class Session:
         if self.relay.client_statement_timeout:
             return self.relay.client_statement_timeout
         for key, value in self._grant_settings:
-            if key == "statement_timeout" and value.endswith("ms") and value[:-2].isdigit() and int(value[:-2]) > 0:
-                return int(value[:-2]) / 1000
+            if key == "statement_timeout":
+                return pg_duration_seconds(value) or None  # 0: no limit
         return None
 
     async def notice(self, text: str) -> None:
@@ -636,11 +644,7 @@ class Session:
                     if out:
                         await up.send_all(out)
                     while self.relay.hold is not None and not stop:
-                        from pgjit.gateway import holds
-
-                        self._hold_cancel = trio.Event()
-                        error = await holds.hold(self, self.relay.hold, self._hold_cancel)
-                        self._hold_cancel = None
+                        error = await self._decide_hold()
                         out, stop = self.relay.from_client(self.relay.release(error))
                         if out:
                             await up.send_all(out)
