@@ -249,13 +249,13 @@ class _Analyzer:
                 return Taint(frozenset((rule,)), f"{s_}.{name}.{col}", True) if rule else None
 
             whole = None
-            if self._may_hold(schema, name):
+            if self.profile.may_hold(schema, name):
                 self.touches = True
                 rules = frozenset(r for r in self.profile.rules if r.columns or r.column_names)
                 whole = Taint(rules, f"{s_}.{name}.*", False)
             return Item(alias, schema, name, None, whole, guess=guess)
         if not rels:
-            if self.profile.has_columns and self._may_hold(schema, name):
+            if self.profile.has_columns and self.profile.may_hold(schema, name):
                 self.refuse("pgjit:masking", f'relation "{name}" is not in pgjit\'s catalog snapshot, so pgjit cannot '
                                              "tell which of its columns are masked")
             return Item(alias, schema, name, None, None)
@@ -280,20 +280,8 @@ class _Analyzer:
             self.touches = True
         item = Item(alias, rels[0].schema, rels[0].name, columns)
         item.star_unknown = star_unknown
-        item.may_hold = any(self._may_hold(r.schema, r.name) for r in rels)
+        item.may_hold = any(self.profile.may_hold(r.schema, r.name) for r in rels)
         return item
-
-    def _may_hold(self, schema: str | None, name: str) -> bool:
-        for r in self.profile.rules:
-            if r.column_names:
-                return True
-            for p in r.columns:
-                s, t, _ = p.split(".")
-                import fnmatch
-
-                if fnmatch.fnmatchcase(name, t) and (schema is None or fnmatch.fnmatchcase(schema, s)):
-                    return True
-        return False
 
     def _relation_columns(self, rel: Any, depth: int) -> list[tuple[str, Taint | None]]:
         own = []
@@ -773,7 +761,7 @@ class _Analyzer:
                     return True
                 if rel.kind in ("v", "m"):
                     return True  # a view may carry masked columns: pgjit does not follow it into the function
-        return self._may_hold(schema or None, name)
+        return self.profile.may_hold(schema or None, name)
 
     # ------------------------------------------------------------------ DML
 
@@ -930,7 +918,7 @@ def plan_statement(stmt: dict[str, Any], catalog: Any, profile: MaskProfile, res
         for rv in _rangevars(body):
             item = a.relation(rv, 0)
             t = item.whole()
-            if t is not None or (item.columns is None and a._may_hold(rv.get("schemaname"), rv.get("relname") or "")):
+            if t is not None or (item.columns is None and a.profile.may_hold(rv.get("schemaname"), rv.get("relname") or "")):
                 a.refuse(t.rule.name if t else "pgjit:masking",
                          f"{kind.removesuffix('Stmt')} on relations with masked columns is not allowed for a masked group")
         if kind in ("DoStmt", "CreateFunctionStmt", "CallStmt") and profile.has_columns:

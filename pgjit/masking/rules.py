@@ -100,12 +100,17 @@ class MaskRule:
         q = f"{schema}.{table}.{column}"
         return any(fnmatch.fnmatchcase(q, p) for p in self.columns)
 
-    def may_hold(self, schema: str, table: str) -> bool:
+    def may_hold(self, schema: str | None, table: str) -> bool:
         """Could a column of this relation be masked by this rule (its
-        columns unknown)? Column-name rules may match any relation."""
+        columns unknown)? Column-name rules may match any relation; a
+        schema of None is any schema (an unqualified name not resolved)."""
         if self.column_names:
             return True
-        return any(fnmatch.fnmatchcase(f"{schema}.{table}", p.rsplit(".", 1)[0]) for p in self.columns)
+        for p in self.columns:
+            s, t, _ = p.split(".")
+            if fnmatch.fnmatchcase(table, t) and (schema is None or fnmatch.fnmatchcase(schema, s)):
+                return True
+        return False
 
 
 def parse_rules(raw: Iterable[dict[str, Any]], line_of: Callable[[int], int] | None = None) -> tuple[MaskRule, ...]:
@@ -204,8 +209,8 @@ class MaskProfile:
                 return r
         return None
 
-    def may_hold(self, schema: str, table: str) -> bool:
-        return any(r.may_hold(schema, table) for r in self.rules if r.columns or r.column_names)
+    def may_hold(self, schema: str | None, table: str) -> bool:
+        return any(r.may_hold(schema, table) for r in self.rules)
 
     def refuses_computed(self, rule: MaskRule | None) -> bool:
         if rule is not None:
