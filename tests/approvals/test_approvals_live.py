@@ -198,11 +198,12 @@ def test_timeout_then_retry_runs_after_approval(env, issuer, pg):
     assert p.returncode != 0 and "timed out" in err and f"pgjit approvals approve {req['id']}" in err
     status, body = _api(env, "POST", f"/approvals/{req['id']}/approve", _dba(issuer), {"reason": "late"})
     assert status == 200 and body["status"] == "approved"
-    started = time.monotonic()
     p = _psql(env, issuer, who, sql)  # the same statement: runs at once, no new hold
     out, err = p.communicate(timeout=15)
     assert p.returncode == 0, err
-    assert "held for approval" not in err and time.monotonic() - started < 5
+    assert "held for approval" not in err
+    pending = _api(env, "GET", "/approvals", _dba(issuer))[1]["requests"]
+    assert not [r for r in pending if r["person"] == who]  # no request was made for it
     # single use: a third time is held again
     p = _psql(env, issuer, who, sql)
     again = _wait_request(env, issuer, who)
@@ -348,8 +349,10 @@ def test_two_gateways_share_a_postgresql_store(pg, issuer, tmp_path):
     with pg.connect(dbname="appdb") as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS held_two (id int)")
         conn.execute("ALTER TABLE held_two OWNER TO pgjit_write")
-    a = start_gateway(tmp_path / "a", pg, **_sections(pg, issuer, tmp_path / "a", url, hold_timeout=20))
-    b = start_gateway(tmp_path / "b", pg, **_sections(pg, issuer, tmp_path / "b", url, hold_timeout=20))
+    # Polling every 60 s and holding for 20 s: the held statement can only run
+    # if the decision's NOTIFY woke gateway a (what "promptly" rests on).
+    a = start_gateway(tmp_path / "a", pg, **_sections(pg, issuer, tmp_path / "a", url, hold_timeout=20, poll_interval=60))
+    b = start_gateway(tmp_path / "b", pg, **_sections(pg, issuer, tmp_path / "b", url, hold_timeout=20, poll_interval=60))
     try:
         who = "lena@example.com"
         p = _psql(a, issuer, who, "ALTER TABLE held_two ADD COLUMN IF NOT EXISTS y int")
@@ -358,8 +361,8 @@ def test_two_gateways_share_a_postgresql_store(pg, issuer, tmp_path):
         decided = time.monotonic()
         assert status == 200
         out, err = p.communicate(timeout=15)
-        assert p.returncode == 0, err
-        assert time.monotonic() - decided < 1.0
+        assert p.returncode == 0, err  # ran well before the 20 s hold timeout: woken by NOTIFY, not polling
+        print(f"decision to result through another gateway: {(time.monotonic() - decided) * 1000:.0f} ms")
     finally:
         a.stop()
         b.stop()
@@ -434,7 +437,7 @@ def test_a_hold_never_outwaits_the_clients_statement_timeout(env, issuer):
     who = "nina@example.com"
     with psycopg.connect(env.dsn(user=who, password=issuer.token(who, groups=["devs"])), autocommit=True) as conn:
         conn.execute("SET statement_timeout = '1s'")
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled, match="timed out"):
+        with pytest.raises(psycopg.errors.QueryCanceled, match="timed out") as e:
             conn.execute("ALTER TABLE held_things ADD COLUMN IF NOT EXISTS quick text")
-        assert time.monotonic() - started < 5  # the hold timeout is 8 s here
+        # the hold timeout is 8 s here: it waited the client's 1 s
+        assert "no decision within 1 s" in (e.value.diag.message_detail or "")
