@@ -17,6 +17,13 @@
  *                               were written: rest (bytes) is what was not
  *   (fd, events,  n, -2, None)  relayed and counted, the write failed: the
  *                               destination is gone
+ *   (fd, events, -3, -1, None)  relayed and counted (or nothing to relay),
+ *                               but Python must look: frames in the audit
+ *                               log, or TLS bytes waiting (see relay_event)
+ *
+ * For a TLS side (set_tls) n, s and rest count plaintext; a write to it that
+ * the kernel did not take whole reports s = n: the records left are in the
+ * TLS object's write BIO, where Python finds them.
  *
  * Every read goes into one receive buffer that pump() shares between all
  * sessions (the caller's holder[0]), so an idle session owns no buffer. What
@@ -46,6 +53,9 @@
 #include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <string.h>
 
 /* Mask codes: what a frame type means to the fast path. */
 enum {
@@ -61,6 +71,186 @@ enum {
 };
 
 #define MAX_EVENTS 512
+
+/* ------------------------------------------------------------------ TLS
+ *
+ * A TLS session's records are read and made here, through the OpenSSL that
+ * Python's ssl module loaded, on the very SSL object (and memory BIOs) of the
+ * session's ssl.SSLObject (pgjit.gateway.transport.TLSTransport): the
+ * handshake, the login and every read Python does stay in Python, and either
+ * side can read or write at any moment, as both drive the same object.
+ * OpenSSL's functions are found with dlsym in the libssl already loaded (no
+ * build-time headers); the SSL and BIO pointers are read from the _ssl
+ * objects, whose first fields CPython has kept the same since 3.7, and are
+ * checked against each other (the SSL object's app data is its Python
+ * object, its BIOs are the MemoryBIOs') before they are used. Where any of
+ * it does not hold, set_tls raises and the session keeps the Python path.
+ */
+#define SSL_ERROR_WANT_READ_ 2
+#define BIO_CTRL_INFO_ 3
+#define BIO_CTRL_PENDING_ 10
+
+static struct {
+    int tried, ok;
+    int (*read_ex)(void *, void *, size_t, size_t *);
+    int (*write_ex)(void *, const void *, size_t, size_t *);
+    int (*get_error)(const void *, int);
+    int (*pending)(const void *);
+    void *(*get_rbio)(const void *);
+    void *(*get_wbio)(const void *);
+    void *(*get_ex_data)(const void *, int);
+    int (*bio_write)(void *, const void *, int);
+    int (*bio_read)(void *, void *, int);
+    long (*bio_ctrl)(void *, int, long, void *);
+    void (*err_clear)(void);
+} ossl;
+
+static int
+find_libssl(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    const char *name = info->dlpi_name;
+    if (name != NULL && strstr(name, "libssl.so") != NULL) {
+        *(const char **)data = name;
+        return 1;
+    }
+    return 0;
+}
+
+static int
+ossl_load(void)
+{
+    if (ossl.tried)
+        return ossl.ok;
+    ossl.tried = 1;
+    const char *path = NULL;
+    dl_iterate_phdr(find_libssl, &path);
+    if (path == NULL)
+        return 0;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (h == NULL)
+        return 0;
+#define SYM(field, name) if ((*(void **)&ossl.field = dlsym(h, name)) == NULL) return 0
+    SYM(read_ex, "SSL_read_ex");
+    SYM(write_ex, "SSL_write_ex");
+    SYM(get_error, "SSL_get_error");
+    SYM(pending, "SSL_pending");
+    SYM(get_rbio, "SSL_get_rbio");
+    SYM(get_wbio, "SSL_get_wbio");
+    SYM(get_ex_data, "SSL_get_ex_data");
+    SYM(bio_write, "BIO_write");
+    SYM(bio_read, "BIO_read");
+    SYM(bio_ctrl, "BIO_ctrl");
+    SYM(err_clear, "ERR_clear_error");
+#undef SYM
+    ossl.ok = 1;
+    return 1;
+}
+
+/* The head of CPython's _ssl._SSLSocket and _ssl.MemoryBIO objects. */
+typedef struct { PyObject_HEAD PyObject *socket; void *ssl; } SSLSocketHead;
+typedef struct { PyObject_HEAD void *bio; } MemoryBIOHead;
+
+typedef struct {
+    void *ssl, *rbio, *wbio; /* NULL: a plain socket */
+    PyObject *keep;          /* (sslobj, incoming, outgoing): alive while used */
+} Tls;
+
+/* Ciphertext read from a socket, before it goes into the TLS object; also
+ * where what the write BIO has sent is read off to. Under the GIL, shared. */
+#define CIPHER_MAX (128 * 1024)
+static unsigned char cipher[CIPHER_MAX];
+
+/* Send what the write BIO holds; 1 when all went, 0 when some is left
+ * (it stays in the BIO, where Python's TLSTransport.flush finds it), -2
+ * when the socket is gone. */
+static int
+tls_flush(Tls *t, int fd)
+{
+    for (;;) {
+        char *p = NULL;
+        long len = ossl.bio_ctrl(t->wbio, BIO_CTRL_INFO_, 0, &p);
+        if (len <= 0 || p == NULL)
+            return 1;
+        ssize_t s = send(fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (s < 0)
+            return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
+        for (ssize_t left = s; left > 0;) {
+            int k = ossl.bio_read(t->wbio, cipher, left > CIPHER_MAX ? CIPHER_MAX : (int)left);
+            if (k <= 0)
+                return -2;
+            left -= k;
+        }
+        if (s < len)
+            return 0;
+    }
+}
+
+/* Encrypt b[0:n] and send it: as tls_flush (a memory BIO takes any write). */
+static int
+tls_send(Tls *t, int fd, const unsigned char *b, Py_ssize_t n)
+{
+    size_t w = 0;
+    ossl.err_clear();
+    if (ossl.write_ex(t->ssl, b, (size_t)n, &w) != 1 || w != (size_t)n) {
+        ossl.err_clear();
+        return -2;
+    }
+    return tls_flush(t, fd);
+}
+
+/* Plaintext into b[0:cap]: what one read of ciphertext from fd decrypts to.
+ * Returns its length; 0 at the end of the stream, a reset, a close_notify or
+ * a TLS error (as the Python path reads them); -1 when nothing is there yet
+ * (no data, or no whole record). */
+static Py_ssize_t
+tls_recv(Tls *t, int fd, unsigned char *b, Py_ssize_t cap)
+{
+    /* What the read decrypts to fits in b: ciphertext is never shorter than
+     * its plaintext, and a record left over from before is at most ~16 KiB. */
+    Py_ssize_t want = cap - 20 * 1024;
+    if (want > CIPHER_MAX)
+        want = CIPHER_MAX;
+    if (want <= 0)
+        return -1;
+    ssize_t r = recv(fd, cipher, (size_t)want, MSG_DONTWAIT);
+    if (r < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -1 : 0;
+    if (r == 0)
+        return 0;
+    ossl.err_clear();
+    if (ossl.bio_write(t->rbio, cipher, (int)r) != (int)r) {
+        ossl.err_clear();
+        return 0;
+    }
+    Py_ssize_t total = 0;
+    while (total < cap) {
+        size_t got = 0;
+        if (ossl.read_ex(t->ssl, b + total, (size_t)(cap - total), &got) == 1) {
+            total += (Py_ssize_t)got;
+            continue;
+        }
+        int e = ossl.get_error(t->ssl, 0);
+        ossl.err_clear();
+        if (e != SSL_ERROR_WANT_READ_ && total == 0)
+            return 0;
+        break;
+    }
+    return total > 0 ? total : -1;
+}
+
+/* Plaintext, or ciphertext not yet read, inside the TLS object. */
+static int
+tls_buffered(Tls *t)
+{
+    return ossl.pending(t->ssl) > 0 || ossl.bio_ctrl(t->rbio, BIO_CTRL_PENDING_, 0, NULL) > 0;
+}
+
+static int
+tls_unsent(Tls *t)
+{
+    return ossl.bio_ctrl(t->wbio, BIO_CTRL_PENDING_, 0, NULL) > 0;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -78,6 +268,7 @@ typedef struct {
     PyObject *log;
     int audit_lost; /* the log could not grow: frames went unlogged */
     unsigned char calog[256], salog[256];
+    Tls tls[2]; /* set_tls: [0] the client's side, [1] the server's */
 } Core;
 
 enum { AUDIT_NONE = 0, AUDIT_HEAD = 1, AUDIT_FRAME = 2 };
@@ -114,6 +305,8 @@ Core_traverse(Core *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->gate);
     Py_VISIT(self->log);
+    Py_VISIT(self->tls[0].keep);
+    Py_VISIT(self->tls[1].keep);
     return 0;
 }
 
@@ -122,7 +315,55 @@ Core_clear(Core *self)
 {
     Py_CLEAR(self->gate);
     Py_CLEAR(self->log);
+    for (int i = 0; i < 2; i++) {
+        self->tls[i].ssl = self->tls[i].rbio = self->tls[i].wbio = NULL;
+        Py_CLEAR(self->tls[i].keep);
+    }
     return 0;
+}
+
+static PyObject *
+Core_set_tls(Core *self, PyObject *args)
+{
+    int side;
+    PyObject *sslobj, *in, *out;
+    if (!PyArg_ParseTuple(args, "iOOO", &side, &sslobj, &in, &out))
+        return NULL;
+    if (side != 0 && side != 1) {
+        PyErr_SetString(PyExc_ValueError, "side must be 0 (client) or 1 (server)");
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x03070000 || PY_VERSION_HEX >= 0x030E0000
+    PyErr_SetString(PyExc_RuntimeError, "TLS in the C core is checked on CPython 3.7-3.13 only");
+    return NULL;
+#endif
+    if (strcmp(Py_TYPE(sslobj)->tp_name, "_ssl._SSLSocket") != 0 ||
+        strcmp(Py_TYPE(in)->tp_name, "_ssl.MemoryBIO") != 0 || strcmp(Py_TYPE(out)->tp_name, "_ssl.MemoryBIO") != 0 ||
+        Py_TYPE(sslobj)->tp_basicsize < (Py_ssize_t)sizeof(SSLSocketHead) ||
+        Py_TYPE(in)->tp_basicsize < (Py_ssize_t)sizeof(MemoryBIOHead)) {
+        PyErr_SetString(PyExc_TypeError, "set_tls takes an _ssl._SSLSocket and its two _ssl.MemoryBIO");
+        return NULL;
+    }
+    if (!ossl_load()) {
+        PyErr_SetString(PyExc_RuntimeError, "the OpenSSL Python loaded (libssl) was not found");
+        return NULL;
+    }
+    void *ssl = ((SSLSocketHead *)sslobj)->ssl;
+    void *rbio = ((MemoryBIOHead *)in)->bio, *wbio = ((MemoryBIOHead *)out)->bio;
+    if (ssl == NULL || rbio == NULL || wbio == NULL || ossl.get_ex_data(ssl, 0) != (void *)sslobj ||
+        ossl.get_rbio(ssl) != rbio || ossl.get_wbio(ssl) != wbio) {
+        PyErr_SetString(PyExc_RuntimeError, "the _ssl objects do not have the layout this module knows");
+        return NULL;
+    }
+    PyObject *keep = PyTuple_Pack(3, sslobj, in, out);
+    if (keep == NULL)
+        return NULL;
+    Tls *t = &self->tls[side];
+    Py_XSETREF(t->keep, keep);
+    t->ssl = ssl;
+    t->rbio = rbio;
+    t->wbio = wbio;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -148,6 +389,9 @@ Core_set_audit(Core *self, PyObject *args)
 }
 
 static PyMethodDef Core_methods[] = {
+    {"set_tls", (PyCFunction)Core_set_tls, METH_VARARGS,
+     "set_tls(side: 0 client | 1 server, sslobj: ssl.SSLObject._sslobj, incoming: ssl.MemoryBIO, outgoing: "
+     "ssl.MemoryBIO): that side's bytes go through this TLS object (RuntimeError or TypeError: they cannot)"},
     {"set_audit", (PyCFunction)Core_set_audit, METH_VARARGS,
      "set_audit(log: bytearray, client_mask: bytes, server_mask: bytes): append the relayed frames the masks "
      "mark (1: type only, 2: whole frame), each after a direction byte, to log"},
@@ -253,7 +497,9 @@ frame_len(const unsigned char *p)
 
 /* Relay one readable event if it qualifies, reading into b (cap bytes).
  * Returns 1 when fully handled, 0 with *n and *sent set when Python must
- * take over. */
+ * take over. *logged is set when Python must look at the session even so:
+ * frames logged for the audit, or a TLS object holding plaintext or unsent
+ * records. */
 static int
 relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_ssize_t *n, Py_ssize_t *sent, int *logged)
 {
@@ -266,12 +512,25 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
         return 0;
     if (!(client ? c->c_fast : c->s_fast))
         return 0;
-    ssize_t r = recv(fd, b, (size_t)cap, MSG_DONTWAIT);
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return 1; /* nothing there after all (level-triggered: it will come back) */
-        *n = 0;       /* a reset reads as the end of the stream, as in Python */
-        return 0;
+    Tls *src = &c->tls[client ? 0 : 1], *dst = &c->tls[client ? 1 : 0];
+    ssize_t r;
+    if (src->ssl != NULL) {
+        r = tls_recv(src, fd, b, cap);
+        /* Records the read made OpenSSL answer (a key update): sent now, or
+         * left for Python to wait for writable; plaintext a read left in the
+         * TLS object is read by Python (no socket event will announce it). */
+        if ((tls_unsent(src) && tls_flush(src, fd) == 0) || ossl.pending(src->ssl) > 0)
+            *logged = 1;
+        if (r < 0)
+            return 1;
+    } else {
+        r = recv(fd, b, (size_t)cap, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return 1; /* nothing there after all (level-triggered: it will come back) */
+            *n = 0;       /* a reset reads as the end of the stream, as in Python */
+            return 0;
+        }
     }
     *n = r;
     if (r == 0)
@@ -385,6 +644,16 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
     }
 
     int dest = client ? c->ufd : c->cfd;
+    if (dst->ssl != NULL) {
+        /* All the plaintext is taken; ciphertext the kernel did not take
+         * stays in the write BIO, and Python waits for writable (sent = n,
+         * nothing left of the plaintext). */
+        int k = tls_send(dst, dest, b, r);
+        if (k == 1)
+            return 1;
+        *sent = k == 0 ? r : -2;
+        return 0;
+    }
     ssize_t w = send(dest, b, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w == r)
         return 1;
@@ -474,7 +743,7 @@ pump(PyObject *self, PyObject *args)
                 Py_DECREF(buf);
                 continue;
             }
-            if (done) { /* relayed, and frames logged for the audit: Python records them */
+            if (done) { /* relayed; frames logged for the audit, or TLS bytes waiting: Python looks */
                 n = -3;
                 sent = -1;
             }

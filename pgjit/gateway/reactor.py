@@ -16,7 +16,9 @@ read comes back here. The session's counters then live in the C ``Core``.
 ``PGJIT_RELAY_CORE=python`` turns the C path off (the tests run both).
 
 The session's own task just waits for its relay to finish; cancelling it
-(shutdown, token expiry) closes the relay. TLS sessions keep the task pair.
+(shutdown, token expiry) closes the relay. TLS sessions are relayed the same
+way: the C core reads and makes their records on the session's own TLS object
+(pgjit.gateway.transport.TLSTransport), Python does for the reads it takes.
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ class Channel:
         self.session = session
         self.relay = relay = session.relay  # the I/O-free half (pgjit.gateway.relay)
         # A plain socket, or a TLS transport with the same recv_into/send/fileno
-        # (pgjit.gateway.transport.TLSTransport: the TLS records are made and
-        # read here, in Python; the C core relays plain sockets only).
+        # (pgjit.gateway.transport.TLSTransport). The C core makes and reads
+        # the records of the reads it relays itself, on the same TLS object.
         self.tls = bool(client.tls or upstream.tls)
         self.client = client if client.tls else client.sock  # type: ignore[attr-defined]
         self.upstream = upstream if upstream.tls else upstream.sock  # type: ignore[attr-defined]
@@ -154,11 +156,22 @@ class Channel:
         self._log: bytearray | None = None
         # A masked session's every server byte goes through its masker
         # (pgjit.masking.wire): its reads take the Python path.
-        if reactor.use_core and relay.masker is None and not self.tls:
+        core = None
+        if reactor.use_core and relay.masker is None:
             watch, count_only, max_size, backend_max = relay.relay_profile()
             gated = relay.gate is not None
             core = _relaycore.Core(self.cfd, self.ufd, client_mask(watch, count_only, gated),
                                    reactor.server_mask, max_size, backend_max)
+            try:
+                for side, transport in enumerate((self.client, self.upstream)):
+                    if getattr(transport, "tls", False):
+                        core.set_tls(side, *transport.core_objects())
+            except (RuntimeError, TypeError, AttributeError) as e:
+                # An ssl module whose objects the core does not know: this
+                # session's TLS records are made in Python.
+                log.warning("TLS session relayed in Python: %s", e)
+                core = None
+        if core is not None:
             if gated:
                 core.gate = relay.gate_allows
             old = relay.ctr
@@ -313,8 +326,10 @@ class Channel:
             except BaseException as e:
                 self._finish(e)
                 return
-            if n == -3:  # relayed and logged, nothing else to do (the log's replay changes no flag _sync reads)
-                return
+        if n == -3:  # relayed (the log's replay changes no flag _sync reads), or TLS bytes wait
+            if self.tls and not self.closed:
+                self._tls_waiting()
+            return
         if n < 0:
             self.on_event(fd, ev)
             return
@@ -334,9 +349,23 @@ class Channel:
                 self._send_failed(self.ufd if fd == self.cfd else self.cfd)
             else:  # relayed and counted; data is what was not written
                 self._keep(self.ufd if fd == self.cfd else self.cfd, data)
+            if self.tls and not self.closed:
+                self._tls_waiting()
             self._sync()
         except BaseException as e:
             self._finish(e)
+
+    def _tls_waiting(self) -> None:
+        """After the C core read or wrote a TLS side: records it left unsent
+        wait for writable; plaintext it left decrypted is read on the next poll."""
+        for fd, sock in ((self.cfd, self.client), (self.ufd, self.upstream)):
+            if getattr(sock, "tls", False):
+                if self._backlog[fd] is None and sock.pending:
+                    self._keep(fd, b"")
+                # (ciphertext the core wrote into the TLS object is never more
+                # than one partial record once decrypted: its reads fit the buffer)
+                if self._mask[fd] & _IN and sock.ssl.pending():
+                    self.reactor._tls_ready.add(self)
 
     @staticmethod
     def _recv(sock: socket.socket, buf: bytearray) -> memoryview | None:

@@ -97,6 +97,7 @@ class Session:
         self._relay_scope: trio.CancelScope | None = None
         self._relay_nursery: trio.Nursery | None = None
         self._relayed_by: str | None = None  # reactor | tasks, once relaying
+        self._relay_core = False  # the reactor's C core relays (pgjit.gateway._relaycore)
         # Approvals: the event a CancelRequest sets while a statement is held,
         # the channel it is held on (reactor path), the grant's settings.
         self._hold_cancel: trio.Event | None = None
@@ -178,7 +179,8 @@ class Session:
             log.info(
                 "session closed",
                 extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3),
-                       "tls": bool(getattr(self.client, "tls", False)), "relay": self._relayed_by},
+                       "tls": bool(getattr(self.client, "tls", False)), "relay": self._relayed_by,
+                       "relay_core": self._relay_core},
             )
             logs.session_id.reset(token)
 
@@ -512,9 +514,10 @@ class Session:
                 if reactor is not None and isinstance(self.client, kinds) and isinstance(up, kinds):
                     # The gateway's shared epoll reactor relays this session
                     # without a task wakeup per read (TLS records made and
-                    # read in the reactor too; the C core takes plain TCP).
+                    # read there too: in the C core when it is built).
                     self._relayed_by = "reactor"
                     channel = reactor.attach(self, self.client, up)
+                    self._relay_core = channel.core is not None
                     try:
                         if leftover:
                             channel.feed_client(leftover)

@@ -263,7 +263,14 @@ class TLSTransport(Transport):
 
     @property
     def pending(self) -> bool:
-        return bool(self._pending)
+        """Ciphertext not sent yet (kept here, or in the outgoing BIO, where
+        the reactor's C core leaves what the kernel did not take)."""
+        return bool(self._pending) or self._out.pending > 0
+
+    def core_objects(self) -> tuple[object, ssl.MemoryBIO, ssl.MemoryBIO]:
+        """What the reactor's C core drives this TLS object through
+        (pgjit.gateway._relaycore.Core.set_tls)."""
+        return self.ssl._sslobj, self._in, self._out  # type: ignore[attr-defined]
 
     @property
     def buffered(self) -> bool:

@@ -46,7 +46,7 @@ def _direct(pg) -> list[tuple]:
 
 def _reactor_sessions(gw) -> list[str]:
     """The relay each TLS session of the gateway used (its 'session closed' lines)."""
-    return [r.get("relay") for r in gw.logs() if r.get("msg") == "session closed" and r.get("tls")]
+    return [(r.get("relay"), r.get("relay_core")) for r in gw.logs() if r.get("msg") == "session closed" and r.get("tls")]
 
 
 def test_psql(tls_gw, pg, psql_bin):
@@ -134,4 +134,8 @@ def test_pgjdbc(tls_gw, jdbc_program, direct, new_table):  # noqa: F811
 
 def test_every_tls_session_took_the_reactor(tls_gw):
     relays = _reactor_sessions(tls_gw)
-    assert relays and set(relays) == {"reactor"}, relays
+    # ... and the C core made and read their TLS records (pgjit.gateway._relaycore,
+    # which CI builds: tests/test_relay_paths.py::test_core_is_built_in_ci)
+    from pgjit.gateway.reactor import c_core_enabled
+
+    assert relays and set(relays) == {("reactor", c_core_enabled())}, relays
