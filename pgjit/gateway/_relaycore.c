@@ -191,7 +191,8 @@ static int
 tls_send(Tls *t, int fd, const unsigned char *b, Py_ssize_t n)
 {
     size_t w = 0;
-    ossl.err_clear();
+    /* The thread's OpenSSL error queue is empty here: every failure below
+     * clears it, as Python's ssl module clears it before each call. */
     if (ossl.write_ex(t->ssl, b, (size_t)n, &w) != 1 || w != (size_t)n) {
         ossl.err_clear();
         return -2;
@@ -218,7 +219,6 @@ tls_recv(Tls *t, int fd, unsigned char *b, Py_ssize_t cap)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -1 : 0;
     if (r == 0)
         return 0;
-    ossl.err_clear();
     if (ossl.bio_write(t->rbio, cipher, (int)r) != (int)r) {
         ossl.err_clear();
         return 0;
@@ -228,12 +228,19 @@ tls_recv(Tls *t, int fd, unsigned char *b, Py_ssize_t cap)
         size_t got = 0;
         if (ossl.read_ex(t->ssl, b + total, (size_t)(cap - total), &got) == 1) {
             total += (Py_ssize_t)got;
+            /* OpenSSL reads a record at a time from the BIO: when it is
+             * empty and nothing decrypted is left, another call would only
+             * say "want read". */
+            if (ossl.bio_ctrl(t->rbio, BIO_CTRL_PENDING_, 0, NULL) <= 0 && ossl.pending(t->ssl) <= 0)
+                break;
             continue;
         }
         int e = ossl.get_error(t->ssl, 0);
-        ossl.err_clear();
-        if (e != SSL_ERROR_WANT_READ_ && total == 0)
-            return 0;
+        if (e != SSL_ERROR_WANT_READ_) {
+            ossl.err_clear();
+            if (total == 0)
+                return 0;
+        }
         break;
     }
     return total > 0 ? total : -1;
@@ -687,32 +694,43 @@ hand_over(PyObject *holder, PyObject *buf, Py_ssize_t n)
     return buf;
 }
 
-static PyObject *
-pump(PyObject *self, PyObject *args)
+static int
+check_holder(PyObject *holder)
 {
-    int epfd, maxevents;
-    PyObject *cores, *holder;
-    if (!PyArg_ParseTuple(args, "iiO!O!", &epfd, &maxevents, &PyDict_Type, &cores, &PyList_Type, &holder))
-        return NULL;
     if (PyList_GET_SIZE(holder) != 1 || !PyByteArray_CheckExact(PyList_GET_ITEM(holder, 0)) ||
         PyByteArray_GET_SIZE(PyList_GET_ITEM(holder, 0)) == 0) {
         PyErr_SetString(PyExc_ValueError, "holder must be [bytearray], not empty");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+/* One epoll_wait (not waiting) and its events: *ready is how many there
+ * were; the list of what is left for Python (NULL with an exception set,
+ * or when nothing is: then *ready may still be > 0). */
+static PyObject *
+pump_once(int epfd, int maxevents, PyObject *cores, PyObject *holder, int *ready_out, int timeout_ms)
+{
     if (maxevents < 1 || maxevents > MAX_EVENTS)
         maxevents = MAX_EVENTS;
     struct epoll_event evs[MAX_EVENTS];
-    int ready = epoll_wait(epfd, evs, maxevents, 0);
+    int ready;
+    if (timeout_ms > 0) { /* waiting: with the GIL released (the audit writer's thread runs meanwhile) */
+        Py_BEGIN_ALLOW_THREADS
+        ready = epoll_wait(epfd, evs, maxevents, timeout_ms);
+        Py_END_ALLOW_THREADS
+    } else {
+        ready = epoll_wait(epfd, evs, maxevents, 0);
+    }
     if (ready < 0) {
-        if (errno != EINTR)
-            return PyErr_SetFromErrno(PyExc_OSError);
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
         ready = 0;
     }
-    if (ready == 0)
-        Py_RETURN_NONE;
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
+    *ready_out = ready;
+    PyObject *out = NULL; /* made at the first report */
     for (int i = 0; i < ready; i++) {
         int fd = evs[i].data.fd;
         uint32_t ev = evs[i].events;
@@ -756,8 +774,14 @@ pump(PyObject *self, PyObject *args)
                 goto error;
         }
         PyObject *t = Py_BuildValue("(iInnN)", fd, (unsigned int)ev, n, sent, data ? data : Py_NewRef(Py_None));
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
+        if (t == NULL)
+            goto error;
+        if (out == NULL && (out = PyList_New(0)) == NULL) {
+            Py_DECREF(t);
+            goto error;
+        }
+        if (PyList_Append(out, t) < 0) {
+            Py_DECREF(t);
             goto error;
         }
         Py_DECREF(t);
@@ -765,41 +789,73 @@ pump(PyObject *self, PyObject *args)
     return out;
 
 error:
-    Py_DECREF(out);
+    Py_XDECREF(out);
     return NULL;
 }
 
-/* Block until the epoll instance has an event or timeout_us passes, with the
- * GIL released (the audit writer's thread runs meanwhile). The reactor calls
- * this between pumps for a short while after traffic, instead of going back
- * to trio for every read: a trio wakeup costs more than the round trip it
- * waits for. True when an event is ready. */
 static PyObject *
-wait_ready(PyObject *self, PyObject *args)
+pump(PyObject *self, PyObject *args)
 {
-    int epfd;
-    long long timeout_us;
-    if (!PyArg_ParseTuple(args, "iL", &epfd, &timeout_us))
+    int epfd, maxevents, ready = 0;
+    PyObject *cores, *holder;
+    if (!PyArg_ParseTuple(args, "iiO!O!", &epfd, &maxevents, &PyDict_Type, &cores, &PyList_Type, &holder))
         return NULL;
-    if (timeout_us < 0)
-        timeout_us = 0;
-    struct pollfd p = {.fd = epfd, .events = POLLIN, .revents = 0};
-    struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
-    int r;
-    Py_BEGIN_ALLOW_THREADS
-    r = ppoll(&p, 1, &ts, NULL);
-    Py_END_ALLOW_THREADS
-    if (r < 0) {
-        if (errno == EINTR)
-            Py_RETURN_FALSE; /* a signal: back to trio, which handles it */
-        return PyErr_SetFromErrno(PyExc_OSError);
+    if (check_holder(holder) < 0)
+        return NULL;
+    PyObject *out = pump_once(epfd, maxevents, cores, holder, &ready, 0);
+    if (out != NULL || PyErr_Occurred())
+        return out;
+    if (ready == 0)
+        Py_RETURN_NONE;
+    return PyList_New(0);
+}
+
+static long long
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* pump() until it leaves something for Python or budget_us have passed,
+ * waiting for events in epoll_wait with the GIL released: the reactor's
+ * relaying slice (pgjit.gateway.reactor.Reactor.run) without a trip through
+ * the interpreter per event, and one syscall per wakeup. The reports, or
+ * None when the time was up (or a signal came: Python handles it) with
+ * nothing for Python. epoll_wait counts in milliseconds: the slice may run
+ * over by up to one. */
+static PyObject *
+run_slice(PyObject *self, PyObject *args)
+{
+    int epfd, maxevents;
+    long long budget_us;
+    PyObject *cores, *holder;
+    if (!PyArg_ParseTuple(args, "iiO!O!L", &epfd, &maxevents, &PyDict_Type, &cores, &PyList_Type, &holder, &budget_us))
+        return NULL;
+    if (check_holder(holder) < 0)
+        return NULL;
+    long long end = now_us() + (budget_us > 0 ? budget_us : 0);
+    int timeout_ms = 0; /* the first pump does not wait */
+    for (;;) {
+        int ready = 0;
+        errno = 0;
+        PyObject *out = pump_once(epfd, maxevents, cores, holder, &ready, timeout_ms);
+        if (out != NULL || PyErr_Occurred())
+            return out;
+        if (ready == 0 && timeout_ms > 0 && errno == EINTR)
+            Py_RETURN_NONE; /* a signal */
+        long long left = end - now_us();
+        if (left <= 0)
+            Py_RETURN_NONE;
+        timeout_ms = ready > 0 ? 0 : (int)((left + 999) / 1000);
     }
-    return PyBool_FromLong(r > 0);
 }
 
 static PyMethodDef methods[] = {
-    {"wait_ready", wait_ready, METH_VARARGS,
-     "wait_ready(epoll_fd, timeout_us) -> bool: block (GIL released) until an event is ready or the time is up"},
+    {"run_slice", run_slice, METH_VARARGS,
+     "run_slice(epoll_fd, max_events, cores, holder, budget_us) -> [reports] | None: pump until something is "
+     "left for Python or the time is up, waiting (GIL released) in between"},
     {"pump", pump, METH_VARARGS,
      "pump(epoll_fd, max_events, cores: dict[fd, Core], holder: [bytearray]) -> [(fd, events, n, sent, data), ...]\n"
      "left for Python, or None when no event was ready; holder[0] is the shared receive buffer"},
