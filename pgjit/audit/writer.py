@@ -94,7 +94,7 @@ class Writer:
         chain: str | None = None,
         capacity: int = 100_000,
         batch: int = 1000,
-        interval: float = 0.05,  # how often the thread looks for records when fewer than a batch wait
+        interval: float = 0.05,  # the longest a record waits to be written when fewer than a batch are queued
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 10.0,
         retry_max: float = 5.0,
@@ -114,6 +114,7 @@ class Writer:
         self._queue: collections.deque[dict[str, Any] | Deferred] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
+        self._urgent = False  # flush(): write what is queued without waiting for a batch
         self._thread: threading.Thread | None = None
         self.written = 0
         self.store_errors = 0
@@ -160,12 +161,16 @@ class Writer:
             with self._wake:
                 self._wake.notify()
 
+    def _hurry(self) -> None:
+        with self._wake:
+            self._urgent = True
+            self._wake.notify()
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        with self._wake:
-            self._wake.notify()
         while self.depth:
+            self._hurry()  # write what is queued now, not when a batch's worth is
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
@@ -186,11 +191,22 @@ class Writer:
 
     def _run(self) -> None:
         backoff = 0.05
+        last = 0.0  # when the last batch was taken
         while True:
             with self._wake:
-                if not self._queue and not self._closing and not self._inflight:
-                    self._wake.wait(timeout=self.interval)
+                if not self._inflight:
+                    # Gather a batch: write when a batch's worth waits, or
+                    # `interval` after the last write, whichever comes first
+                    # (a transaction per batch: writing each record as it
+                    # comes would cost a commit per statement at low load).
+                    left = self.interval - (time.monotonic() - last)
+                    while (left > 0 and len(self._queue) < self.batch and not self._closing
+                           and not self._urgent):
+                        self._wake.wait(timeout=left)
+                        left = self.interval - (time.monotonic() - last)
+                self._urgent = False
                 closing = self._closing
+            last = time.monotonic()
             if not self._inflight:
                 self._sealing = 1
                 try:

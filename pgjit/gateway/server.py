@@ -296,6 +296,7 @@ class Gateway:
                         "relay": "off" if self.reactor is None else "c" if self.reactor.use_core else "python",
                     })
                     task_status.started(self.addresses)
+                    _tune_gc()
                     await self._shutdown.wait()
                     listen_nursery.cancel_scope.cancel()
                 for lsock in listeners:
@@ -476,3 +477,23 @@ class Gateway:
                 await trio.sleep(0.05)
         for s in list(self.sessions):
             s.terminate(AdminShutdown("terminating connection due to administrator command"))
+
+
+#: Allocations between two young-generation collections (CPython: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Once the gateway is up: what it loaded (modules, the policy, pglast,
+    SQLAlchemy) moves out of the collector's view (gc.freeze), and young
+    collections come every 10,000 allocations instead of 700. A statement
+    allocates a few tracked objects (its record, its statement object), and
+    each collection of the older generations walked every object the gateway
+    holds: in a benchmark of the audited path, 21 -> 8.5 us of the relay's
+    CPU per statement. Cycles are still collected, only less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, g1, g2)
