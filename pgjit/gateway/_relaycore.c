@@ -167,23 +167,20 @@ static unsigned char cipher[CIPHER_MAX];
 static int
 tls_flush(Tls *t, int fd)
 {
-    for (;;) {
-        char *p = NULL;
-        long len = ossl.bio_ctrl(t->wbio, BIO_CTRL_INFO_, 0, &p);
-        if (len <= 0 || p == NULL)
-            return 1;
-        ssize_t s = send(fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (s < 0)
-            return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
-        for (ssize_t left = s; left > 0;) {
-            int k = ossl.bio_read(t->wbio, cipher, left > CIPHER_MAX ? CIPHER_MAX : (int)left);
-            if (k <= 0)
-                return -2;
-            left -= k;
-        }
-        if (s < len)
-            return 0;
+    char *p = NULL; /* a memory BIO's data is one piece: what BIO_read would give next */
+    long len = ossl.bio_ctrl(t->wbio, BIO_CTRL_INFO_, 0, &p);
+    if (len <= 0 || p == NULL)
+        return 1;
+    ssize_t s = send(fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (s < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
+    for (ssize_t left = s; left > 0;) { /* what went, off the BIO */
+        int k = ossl.bio_read(t->wbio, cipher, left > CIPHER_MAX ? CIPHER_MAX : (int)left);
+        if (k <= 0)
+            return -2;
+        left -= k;
     }
+    return s < len ? 0 : 1;
 }
 
 /* Encrypt b[0:n] and send it: as tls_flush (a memory BIO takes any write). */

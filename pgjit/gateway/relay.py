@@ -448,6 +448,7 @@ class Relay:
             # A large row: pass what we have through now and the rest as it
             # arrives, instead of buffering it whole.
             self._s_skip = _U32.unpack_from(data, end + 1)[0] + 1 - tail
+            self.ctr.last_was_error = False  # the last server message is this row, whatever came before
             out = data if end == 0 and not out else bytes(out) + bytes(data[end:])
             self._s_pending = None
         else:

@@ -513,8 +513,8 @@ class Session:
                 kinds = (SocketTransport, TLSTransport) if _REACTOR_TLS else (SocketTransport,)
                 if reactor is not None and isinstance(self.client, kinds) and isinstance(up, kinds):
                     # The gateway's shared epoll reactor relays this session
-                    # without a task wakeup per read (TLS records made and
-                    # read there too: in the C core when it is built).
+                    # without a task wakeup per read (TLS records are made
+                    # and read there too: in the C core when it is built).
                     self._relayed_by = "reactor"
                     channel = reactor.attach(self, self.client, up)
                     self._relay_core = channel.core is not None
