@@ -100,6 +100,8 @@ class _App:
                 chunk = self.ssl.read(1 << 20)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 break
+            except ssl.SSLError:  # the gateway's alert, after bad records (test_bad_tls_records_end_the_session)
+                break
             if not chunk:
                 break
             self.plain += chunk
@@ -178,6 +180,14 @@ def relay_tls(steps, cuts: list[int], *, gated: bool, core: bool = True, seen: l
         for kind, arg in steps:
             if kind == "drain":
                 apps[arg].pull()
+            elif kind == "raw":  # (side, bytes): on the wire as they are, not through TLS
+                side, data = arg
+                apps[side].raw += data
+            elif kind == "close_notify":
+                try:
+                    apps[arg].ssl.unwrap()
+                except ssl.SSLWantReadError:
+                    pass
             else:
                 apps[kind].write(arg)
             settle()
@@ -261,3 +271,42 @@ def test_the_c_core_relays_tls_reads_itself():
     assert got["to client"] == (frame(b"T", b"\0\0") + frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")) * 20
     assert got["counters"][:2] == (20, 20)
     assert seen == []
+
+
+GARBAGE = [b"\x17\x03\x03\x00\x20" + b"\xaa" * 32,  # an application-data record that does not decrypt
+           b"\x15\x03\x03\x00\x02\x02\x32",            # a cleartext alert
+           b"\x16\x03\x01\x00\x05hello",                  # a handshake record, after the handshake
+           b"\x17\x03\x03\xff\xff" + b"\x00" * 100,     # a record longer than TLS allows
+           bytes(range(256)) * 4]
+
+
+@pytest.mark.parametrize("core", [True, False], ids=["c-core", "python"])
+@pytest.mark.parametrize("side", ["c", "s"], ids=["from-client", "from-server"])
+@pytest.mark.parametrize("garbage", range(len(GARBAGE)))
+def test_bad_tls_records_end_the_session(core, side, garbage):
+    """Bytes that are not a valid TLS record, in the middle of a session, on
+    either side: the session ends (as at a reset), nothing of them reaches
+    the other side, and what came before is relayed. The C core reads them
+    as the Python path does."""
+    from tests.test_relay_paths import frame
+
+    q = frame(b"Q", b"select 1\0")
+    reply = frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")
+    steps = [("c", q), ("s", reply), ("raw", (side, GARBAGE[garbage])), ("c", q), ("s", reply)]
+    got = relay_tls(steps, [5000], gated=False, core=core)
+    assert got["closed"]
+    assert got["to upstream"].startswith(q) and got["to client"].startswith(reply)
+    assert GARBAGE[garbage] not in got["to upstream"] + got["to client"]
+    # the same end as a reset of that side: the client gone, or the upstream closed (the client is told)
+    assert got["end"] == ("client_gone" if side == "c" else "upstream_closed"), got
+
+
+@pytest.mark.parametrize("core", [True, False], ids=["c-core", "python"])
+def test_a_close_notify_from_the_client_ends_the_session(core):
+    from tests.test_relay_paths import frame
+
+    q = frame(b"Q", b"select 1\0")
+    reply = frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")
+    got = relay_tls([("c", q), ("s", reply), ("close_notify", "c")], [5000], gated=False, core=core)
+    assert got["closed"] and got["end"] == "client_gone"
+    assert got["to upstream"] == q and got["to client"] == reply
