@@ -672,10 +672,10 @@ class Reactor:
                 # when nothing is, wait for the next event in C with the GIL
                 # released (a reply is usually some tens of microseconds
                 # away), until the slice is over; then trio runs its other
-                # tasks (logins, TLS sessions, timers), which wait at most
-                # this long.
-                # (The loop is C's: run_slice returns when it leaves something
-                # for Python, which is handled here, or when the slice is over.)
+                # tasks (logins, approval holds, timers), which wait at most
+                # this long. The loop is C's (run_slice): it returns when it
+                # leaves something for Python, handled here, or when the
+                # slice is over.
                 end = now() + _SLICE_NS
                 while True:
                     left = (end - now()) // 1000
