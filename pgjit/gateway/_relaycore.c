@@ -243,13 +243,6 @@ tls_recv(Tls *t, int fd, unsigned char *b, Py_ssize_t cap)
     return total > 0 ? total : -1;
 }
 
-/* Plaintext, or ciphertext not yet read, inside the TLS object. */
-static int
-tls_buffered(Tls *t)
-{
-    return ossl.pending(t->ssl) > 0 || ossl.bio_ctrl(t->rbio, BIO_CTRL_PENDING_, 0, NULL) > 0;
-}
-
 static int
 tls_unsent(Tls *t)
 {

@@ -593,14 +593,21 @@ class Reactor:
     def poll(self) -> bool:
         """Handle the events that are ready now, without waiting; False when
         there were none."""
-        ready = self._tls_ready
-        if ready:
-            self._tls_ready = set()
-            for channel in ready:
-                channel.tls_ready()
+        if self._serve_tls_ready():
             self._poll()
             return True
         return self._poll()
+
+    def _serve_tls_ready(self) -> bool:
+        """Read what TLS objects hold decrypted (no socket event announces
+        it); True when any channel had some."""
+        ready = self._tls_ready
+        if not ready:
+            return False
+        self._tls_ready = set()
+        for channel in ready:
+            channel.tls_ready()
+        return True
 
     def _watch_audit(self) -> None:
         watch = self.audit_degraded
@@ -622,11 +629,7 @@ class Reactor:
     def _run_slice(self, budget_us: int) -> None:
         """The C core relays until it leaves something for Python or
         budget_us have passed (pgjit.gateway._relaycore.run_slice)."""
-        ready = self._tls_ready
-        if ready:
-            self._tls_ready = set()
-            for channel in ready:
-                channel.tls_ready()
+        if self._serve_tls_ready():
             budget_us = 0  # and poll once, without waiting
         self._watch_audit()
         reports = _relaycore.run_slice(self._epfd, _BATCH, self._cores, self._bufs, budget_us)
