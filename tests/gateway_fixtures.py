@@ -64,6 +64,21 @@ class GatewayProc:
         return self.proc.returncode
 
 
+def write_tls_files(directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, str]:
+    """A throwaway CA and a server certificate for ``names`` (trustme),
+    written to ``directory``: {"cert", "key"} are a config's ``tls`` section,
+    "ca" what a client verifies against."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(*names)
+    paths = {"cert": directory / "cert.pem", "key": directory / "key.pem", "ca": directory / "ca.pem"}
+    cert.private_key_and_cert_chain_pem.write_to_path(str(paths["cert"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    return {k: str(v) for k, v in paths.items()}
+
+
 def write_config(path: Path, pg: Any, **sections: Any) -> Path:
     cfg: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pgjit.protocol import messages as m
-from tests.gateway_fixtures import start_gateway
+from tests.gateway_fixtures import start_gateway, write_tls_files
 from tests.rawclient import RawClient, errors
 
 pytestmark = pytest.mark.pg
@@ -27,14 +27,8 @@ RELAYS = ("c", "python", "tls")
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
-    import trustme
-
     d = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(d / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(d / "key.pem"))
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    write_tls_files(d)
     return d
 
 

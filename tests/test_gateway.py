@@ -276,15 +276,11 @@ def test_logs_are_json_lines_with_session_ids(gateway):
 
 
 def test_client_tls(make_gateway, tmp_path):
-    import trustme
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca.cert_pem.write_to_path(str(ca_path))
-    gw = make_gateway(tls={"cert": str(cert_path), "key": str(key_path)})
-    with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=str(ca_path))) as conn:
+    from tests.gateway_fixtures import write_tls_files
+
+    files = write_tls_files(tmp_path)
+    gw = make_gateway(tls={"cert": files["cert"], "key": files["key"]})
+    with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"])) as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute("select 1").fetchone() == (1,)
         # Large results over TLS too.

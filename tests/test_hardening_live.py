@@ -89,13 +89,10 @@ def test_log_file_keeps_lines_with_bytes_that_are_not_utf8(tmp_path):
 
 @pytest.fixture
 def tls_gateway(make_gateway, tmp_path):
-    import trustme
+    from tests.gateway_fixtures import write_tls_files
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    return make_gateway(tls={"cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")},
+    files = write_tls_files(tmp_path, ("127.0.0.1",))
+    return make_gateway(tls={"cert": files["cert"], "key": files["key"]},
                         timeouts={"startup": 1, "auth": 5, "upstream_connect": 5, "shutdown_grace": 5})
 
 

@@ -24,7 +24,7 @@ import pytest
 from pgjit.gateway import reactor as reactor_mod
 from pgjit.gateway.lexstate import MODELLED_ENCODINGS, lexer_state_problem
 from pgjit.protocol import messages as m
-from tests.gateway_fixtures import start_gateway
+from tests.gateway_fixtures import start_gateway, write_tls_files
 from tests.rawclient import RawClient, errors
 
 pytestmark = pytest.mark.pg
@@ -314,14 +314,8 @@ def _targets(pg, policy: str) -> dict:
 
 
 def _tls_section(tmp_path) -> dict:
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return {"cert": str(cert_path), "key": str(key_path)}
+    files = write_tls_files(tmp_path)
+    return {"cert": files["cert"], "key": files["key"]}
 
 
 def _policy(work) -> str:

@@ -215,19 +215,29 @@ def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False):
         relay.close()
         for s in (c_app, c_gw, u_gw, u_app):
             s.close()
-    ctr = session.relay.ctr
-    markers = re.compile(rb"pgjit_refused_[0-9a-f]{16}")
-    return {
-        "to upstream": markers.sub(b"<marker>", bytes(got["up"])),
-        "to client": bytes(got["cl"]),
-        "counters": (ctr.rfq_sent, ctr.rfq_received, ctr.syncs_since_execute, ctr.txn_status, bool(ctr.last_was_error)),
+    return relay_outcome(session, relay, closed, got["up"], got["cl"]) | {
         "pending": (session.relay._c_pending, session.relay._s_pending, session.relay._s_skip, len(session.relay._rewrites)),
         "prepared": sorted(session.relay.prepared),
-        "error": type(relay.error).__name__ if relay.error is not None else None,
         "error text": str(relay.error) if relay.error is not None else None,
+        "records": recorder.log if recorder is not None else None,
+    }
+
+
+_MARKERS = re.compile(rb"pgjit_refused_[0-9a-f]{16}")
+
+
+def relay_outcome(session, channel, closed: bool, to_upstream, to_client) -> dict:
+    """What a relayed conversation came to, as the differential tests
+    compare it: the bytes each side got (refusal markers made equal), the
+    ReadyForQuery accounting, and how the relay ended."""
+    ctr = session.relay.ctr
+    return {
+        "to upstream": _MARKERS.sub(b"<marker>", bytes(to_upstream)),
+        "to client": bytes(to_client),
+        "counters": (ctr.rfq_sent, ctr.rfq_received, ctr.syncs_since_execute, ctr.txn_status, bool(ctr.last_was_error)),
+        "error": type(channel.error).__name__ if channel.error is not None else None,
         "end": session.end_reason,
         "closed": closed,
-        "records": recorder.log if recorder is not None else None,
     }
 
 

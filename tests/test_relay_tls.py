@@ -12,7 +12,6 @@ must be the same.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import ssl
 
@@ -26,7 +25,7 @@ from pgjit.gateway.relay import Relay
 from pgjit.gateway.session import Phase, Session
 from pgjit.gateway.transport import SocketTransport, TLSTransport
 from pgjit.policy.gate import Gate
-from tests.test_relay_paths import POLICY, _Gateway, conversation, relay_once
+from tests.test_relay_paths import POLICY, _Gateway, conversation, relay_once, relay_outcome
 
 CA = trustme.CA()
 CERT = CA.issue_cert("127.0.0.1", "localhost")
@@ -200,16 +199,7 @@ def relay_tls(steps, cuts: list[int], *, gated: bool, core: bool = True, seen: l
         relay.close()
         for s in (c_app, c_gw, u_gw, u_app):
             s.close()
-    ctr = session.relay.ctr
-    markers = re.compile(rb"pgjit_refused_[0-9a-f]{16}")
-    return {
-        "to upstream": markers.sub(b"<marker>", bytes(uapp.plain)),
-        "to client": bytes(capp.plain),
-        "counters": (ctr.rfq_sent, ctr.rfq_received, ctr.syncs_since_execute, ctr.txn_status, bool(ctr.last_was_error)),
-        "error": type(relay.error).__name__ if relay.error is not None else None,
-        "end": session.end_reason,
-        "closed": closed,
-    }
+    return relay_outcome(session, relay, closed, uapp.plain, capp.plain)
 
 
 def _plain(steps, gated: bool) -> dict:

@@ -12,17 +12,13 @@ from pgjit.config import LimitsConfig
 from pgjit.errors import InsufficientPrivilege
 from pgjit.gateway.relay import Relay
 from pgjit.policy.gate import Gate
+from pgjit.devtools.bench import APPROVALS_POLICY
 from pgjit.policy.model import Policy
 from pgjit.protocol import messages as m
 
-POLICY = Policy.from_text("""version: 1
-rules:
-  - name: deletes-need-approval
-    match: {kind: [delete]}
-    action: require_approval
-    approvers: [dba]
-default: allow
-""")
+# The policy `make bench` holds DELETEs with (pgjit.devtools.bench): DELETEs
+# need an approval by dba, everything else is allowed.
+POLICY = Policy.from_text(APPROVALS_POLICY)
 
 
 def _relay() -> Relay:

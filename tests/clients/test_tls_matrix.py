@@ -15,7 +15,7 @@ import pytest
 
 from tests.clients.test_jdbc import jdbc_program, run_program  # noqa: F401 (fixture)
 from tests.clients.test_node import node_env, run_check  # noqa: F401 (fixture)
-from tests.gateway_fixtures import start_gateway
+from tests.gateway_fixtures import start_gateway, write_tls_files
 
 pytestmark = [pytest.mark.pg, pytest.mark.clients]
 
@@ -24,17 +24,10 @@ QUERY = "select g, repeat('x', g % 50), g * 2 from generate_series(1, 3000) g"
 
 @pytest.fixture(scope="module")
 def tls_gw(pg, tmp_path_factory):
-    import trustme
-
     base = tmp_path_factory.mktemp("tls-matrix")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = base / "cert.pem", base / "key.pem", base / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca.cert_pem.write_to_path(str(ca_path))
-    gw = start_gateway(base / "gw", pg, tls={"cert": str(cert_path), "key": str(key_path)})
-    gw.extra["ca"] = str(ca_path)
+    files = write_tls_files(base)
+    gw = start_gateway(base / "gw", pg, tls={"cert": files["cert"], "key": files["key"]})
+    gw.extra["ca"] = files["ca"]
     yield gw
     gw.stop()
 

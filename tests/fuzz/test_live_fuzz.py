@@ -61,7 +61,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from pgjit.protocol import messages as m
 from tests.conftest import _start_cluster
 from tests.fuzz.conftest import FUZZ_EXAMPLES, FUZZ_SWARM
-from tests.gateway_fixtures import REPO, start_gateway
+from tests.gateway_fixtures import REPO, start_gateway, write_tls_files
 from tests.rawclient import RawClient
 
 pytestmark = pytest.mark.pg
@@ -163,14 +163,8 @@ def proc_stats(pid: int) -> dict[str, int]:
 
 
 def _tls_files(tmp: Path) -> dict[str, str]:
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return {"cert": str(cert_path), "key": str(key_path)}
+    files = write_tls_files(tmp)
+    return {"cert": files["cert"], "key": files["key"]}
 
 
 @pytest.fixture(scope="module")
