@@ -37,7 +37,7 @@ all: test
 
 venv: $(VENV)/.stamp
 
-$(VENV)/.stamp: pyproject.toml setup.py pgjit/protocol/_scan.c pgjit/gateway/_relaycore.c pgjit/policy/_shape.c pgjit/masking/_rows.c
+$(VENV)/.stamp: pyproject.toml setup.py pgjit/protocol/_scan.c pgjit/gateway/_relaycore.c pgjit/policy/_shape.c pgjit/policy/shape.h pgjit/masking/_rows.c
 	@if [ ! -x $(PY) ]; then \
 	  echo "make: creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
 	  $(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (on Debian: apt-get install python3-venv, or run 'make sysdeps')" >&2; exit 1; }; \

@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("pgjit.protocol._scan", ["pgjit/protocol/_scan.c"], optional=True),
-        Extension("pgjit.gateway._relaycore", ["pgjit/gateway/_relaycore.c"], optional=True),
-        Extension("pgjit.policy._shape", ["pgjit/policy/_shape.c"], optional=True),
+        Extension("pgjit.gateway._relaycore", ["pgjit/gateway/_relaycore.c"], depends=["pgjit/policy/shape.h"], optional=True),
+        Extension("pgjit.policy._shape", ["pgjit/policy/_shape.c"], depends=["pgjit/policy/shape.h"], optional=True),
         Extension("pgjit.masking._rows", ["pgjit/masking/_rows.c"], optional=True),
     ]
 )

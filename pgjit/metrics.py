@@ -67,6 +67,10 @@ class FastCounter(Collector):
         counts = self.counts
         counts[value] = counts.get(value, 0) + 1
 
+    def add(self, value: str, n: int) -> None:
+        counts = self.counts
+        counts[value] = counts.get(value, 0) + n
+
     def collect(self):  # type: ignore[no-untyped-def]
         family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation, labels=[self.label])
         for value, n in sorted(self.counts.copy().items()):

@@ -117,11 +117,14 @@ class Chainer:
 
     def seal(self, record: dict[str, Any]) -> dict[str, Any]:
         """Number and hash ``record``; its body's canonical JSON is left in
-        ``record["body_json"]`` for the store."""
+        ``record["body_json"]`` for the store (or taken from there when the
+        writer made it already and left ``body`` None: pgjit.audit.writer)."""
         self.seq += 1
         record["chain"], record["seq"] = self.chain, self.seq
         record["prev"] = self.last
-        body = record["body_json"] = _encode(record.get("body"))
+        body = record.get("body_json") if record.get("body") is None else None
+        if body is None:
+            body = record["body_json"] = _encode(record.get("body"))
         digest = hashlib.sha256(self._last + canonical_with(record, body))
         self._last = digest.digest()
         record["hash"] = self.last = digest.hexdigest()

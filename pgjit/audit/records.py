@@ -39,7 +39,13 @@ def statement_result(session_id: str, *, person: str | None, target: str | None,
     """Queued when the server's answer came back (or the session ended first)."""
     return {"kind": "statement_result", "session_id": session_id, "person": person, "target": target,
             "decision": None, "body": {"seq": seq, "outcome": outcome, "rows": rows, "sqlstate": sqlstate,
-                                       "duration_ms": None if duration is None else round(duration * 1000, 3)}}
+                                       "duration_ms": duration_ms(duration)}}
+
+
+def duration_ms(seconds: float | None) -> float | None:
+    """A duration as the records give it: milliseconds, to the microsecond
+    (the C core's tracker writes the same, _relaycore.c track_finish)."""
+    return None if seconds is None else round(seconds * 1_000_000) / 1000
 
 
 def jit_role(event: str, role: str, *, session_id: str | None, person: str | None, target: str) -> dict[str, Any]:

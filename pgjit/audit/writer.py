@@ -23,7 +23,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from pgjit.audit.chain import Chainer, write_jsonl
+import json
+
+from pgjit.audit.chain import Chainer, body_json, write_jsonl
 from pgjit.audit.errors import short_error
 
 log = logging.getLogger("pgjit.audit.writer")
@@ -56,6 +58,15 @@ def iso_utc(t: float) -> str:
     return f"{_second[1]}.{int((t - s) * 1_000_000):06d}Z"
 
 
+def iso_utc_us(us: int) -> str:
+    """``us`` (microseconds since the epoch) as iso_utc writes it."""
+    s, frac = divmod(us, 1_000_000)
+    if s != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        _second[0] = s
+    return f"{_second[1]}.{frac:06d}Z"
+
+
 def utc_now() -> str:
     return iso_utc(time.time())
 
@@ -83,6 +94,21 @@ class Deferred:
         record = self.make(*self.args)
         record["at"] = self.at
         return record
+
+
+class Entries:
+    """Statements of one session the C core tracked and finished, as it
+    wrote them (pgjit/gateway/_relaycore.c, Statements): ``json`` is their
+    entries, JSON objects joined by ',', each what this writer makes of a
+    statement and its result taken together; ``at_us`` is the last one's
+    time. They go into the session's statements record as they are."""
+
+    __slots__ = ("session_id", "person", "target", "json", "count", "at_us")
+
+    def __init__(self, session_id: str, person: str | None, target: str | None, json: str, count: int,
+                 at_us: int) -> None:
+        self.session_id, self.person, self.target = session_id, person, target
+        self.json, self.count, self.at_us = json, count, at_us
 
 
 class Writer:
@@ -244,6 +270,9 @@ class Writer:
         try:
             if self._sink_file is None:
                 self._sink_file = open(self.sink, "a", encoding="utf-8")  # type: ignore[arg-type]
+            for r in rows:
+                if r.get("body") is None and r.get("body_json") is not None:
+                    r["body"] = json.loads(r["body_json"])
             write_jsonl(rows, self._sink_file)
             self._sink_file.flush()
         except OSError as e:  # the store has the records; the copy is best effort
@@ -268,11 +297,25 @@ class Writer:
         groups: dict[Any, dict[str, Any]] = {}  # session -> its open statements record in this batch
         pending: dict[tuple[Any, Any], dict[str, Any]] = {}  # (session, seq) -> its statement's entry, this batch
         n = 0
+        sizes: dict[int, int] = {}  # id(statements record) -> its entries, when some came as Entries
         while q and n < self.batch:
             r = q.popleft()
             n += 1
             if not n % YIELD_EVERY:
                 time.sleep(0)
+            if type(r) is Entries:
+                sid = r.session_id
+                group = groups.get(sid)
+                size = sizes.get(id(group), len(group["body"]["statements"])) if group is not None else 0
+                if group is None or size >= GROUP_MAX:
+                    group = groups[sid] = {"kind": "statements", "at": 0.0, "session_id": sid, "person": r.person,
+                                           "target": r.target, "decision": None, "body": {"statements": []}}
+                    taken.append(group)
+                    size = 0
+                group["at"] = r.at_us  # an int: microseconds (below)
+                group["body"]["statements"].append(r.json)
+                sizes[id(group)] = size + r.count
+                continue
             if type(r) is not dict:
                 try:
                     r = r.build()
@@ -298,7 +341,7 @@ class Writer:
                 pending[key] = entry
             entry["at"] = r["at"]
             group = groups.get(sid)
-            if group is None or len(group["body"]["statements"]) >= GROUP_MAX:
+            if group is None or sizes.get(id(group), len(group["body"]["statements"])) >= GROUP_MAX:
                 group = groups[sid] = {"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
                                        "target": r.get("target"), "decision": None, "body": {"statements": []}}
                 taken.append(group)
@@ -307,15 +350,31 @@ class Writer:
                 # query for records since T finds every record with an entry since T.
                 group["at"] = r["at"]
             group["body"]["statements"].append(entry)
+            if id(group) in sizes:
+                sizes[id(group)] += 1
         for r in taken:
             at = r["at"]
             if type(at) is float:
                 r["at"] = iso_utc(at)
+            elif type(at) is int:
+                r["at"] = iso_utc_us(at)
             if r["kind"] == "statements":
-                for entry in r["body"]["statements"]:
+                entries = r["body"]["statements"]
+                raw = id(r) in sizes
+                for i, entry in enumerate(entries):
+                    if type(entry) is str:
+                        continue
                     at = entry["at"]
                     if type(at) is float:
                         entry["at"] = iso_utc(at)
+                    if raw:
+                        entries[i] = body_json(entry)
+                if raw:
+                    # Entries the core wrote are JSON already: the body's
+                    # canonical JSON is made around them ({"statements": [...]},
+                    # its one key), and its structure only when a sink wants it.
+                    r["body_json"] = '{"statements":[' + ",".join(entries) + "]}"
+                    r["body"] = None
             out.append(chainer.seal(r))
             if not len(out) % YIELD_EVERY:
                 time.sleep(0)

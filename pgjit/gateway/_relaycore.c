@@ -56,6 +56,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <string.h>
+#include "../policy/shape.h"
 
 /* Mask codes: what a frame type means to the fast path. */
 enum {
@@ -249,6 +250,18 @@ tls_unsent(Tls *t)
     return ossl.bio_ctrl(t->wbio, BIO_CTRL_PENDING_, 0, NULL) > 0;
 }
 
+/* A simple-protocol statement the core relayed and tracks until its
+ * ReadyForQuery (see "Statements" below). */
+#define TRACK_MAX 32
+#define TRACK_TEXT_MAX (1024 * 1024)
+typedef struct {
+    long long seq, start_ns, at_us, rows;
+    Py_ssize_t size, text_len;
+    char *text;
+    int has_rows, error, copy, sqlstate_len;
+    char sqlstate[32];
+} Tracked;
+
 typedef struct {
     PyObject_HEAD
     int cfd, ufd;
@@ -266,6 +279,16 @@ typedef struct {
     int audit_lost; /* the log could not grow: frames went unlogged */
     unsigned char calog[256], salog[256];
     Tls tls[2]; /* set_tls: [0] the client's side, [1] the server's */
+    /* The audit's statement tracker (set_tracker; see "Statements" below). */
+    int track;             /* Python says: its statement queue is empty, simple Queries are ours */
+    long long seq;         /* the session's last statement number (shared with Python's queue) */
+    Tracked fl[TRACK_MAX]; /* in flight, oldest first from fl_head */
+    int fl_head, fl_n;
+    PyObject *done;        /* bytearray: finished statements' entries, as JSON objects joined by ',' */
+    long long done_n, done_at_us; /* how many, and the last one's time */
+    PyObject *dirty, *owner; /* owner is appended to dirty when done stops being empty */
+    PyObject *fp_cache, *fp_cb; /* shape key -> fingerprint; fingerprint(sql) for the rest */
+    PyObject *policy_json;  /* the entries' policy_hash, as JSON (bytes) */
 } Core;
 
 enum { AUDIT_NONE = 0, AUDIT_HEAD = 1, AUDIT_FRAME = 2 };
@@ -304,6 +327,12 @@ Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->log);
     Py_VISIT(self->tls[0].keep);
     Py_VISIT(self->tls[1].keep);
+    Py_VISIT(self->done);
+    Py_VISIT(self->dirty);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->fp_cache);
+    Py_VISIT(self->fp_cb);
+    Py_VISIT(self->policy_json);
     return 0;
 }
 
@@ -316,6 +345,12 @@ Core_clear(Core *self)
         self->tls[i].ssl = self->tls[i].rbio = self->tls[i].wbio = NULL;
         Py_CLEAR(self->tls[i].keep);
     }
+    Py_CLEAR(self->done);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->fp_cache);
+    Py_CLEAR(self->fp_cb);
+    Py_CLEAR(self->policy_json);
     return 0;
 }
 
@@ -385,6 +420,551 @@ Core_set_audit(Core *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The length word of the frame whose type byte is at p. */
+static inline uint32_t
+frame_len(const unsigned char *p)
+{
+    return ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
+}
+
+/* ------------------------------------------------------------ Statements
+ *
+ * An audited session's statements are pgjit.gateway.statements.Statement
+ * objects in Python's StatementQueue, which the log above feeds. For the
+ * commonest traffic, simple-protocol Queries and their replies, the core
+ * keeps the queue itself instead, while Python says it may (track: its own
+ * queue is empty): each Query it relays becomes a Tracked entry (its text
+ * copied, its start and wall-clock time taken as it goes upstream), the
+ * server's replies complete it (CommandComplete: rows; ErrorResponse: the
+ * SQLSTATE; CopyOut/CopyBoth: a COPY), and its ReadyForQuery finishes it:
+ * the core writes the statement's audit entry, the JSON object
+ * pgjit.audit.writer would make of its statement and result records, with
+ * the same keys in the same (sorted) order and the same escapes
+ * (json.dumps, ensure_ascii=False), to `done`. Python takes what is done
+ * once per slice (take_done) and queues it for the writer as it is, so a
+ * statement costs no Python object on the way. The entry's bytes are what
+ * the hash chain covers: tests hold them equal to Python's for the same
+ * statement (tests/test_audit_tracker.py).
+ *
+ * Anything the tracker does not model exactly — any other audited client
+ * message (extended protocol, COPY data), a text that is not UTF-8 or is
+ * large, more than TRACK_MAX in flight, a reply it cannot read exactly —
+ * turns tracking off at that frame: the frame and all after it go to the
+ * log, and Python takes the entries still in flight into its own queue
+ * first (reclaim), so the two together saw every frame once, in order. */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Out;
+
+static Out out_buf; /* the entry being written (under the GIL) */
+
+static int
+out_room(Out *o, size_t more)
+{
+    if (o->n + more <= o->cap)
+        return 0;
+    size_t cap = o->cap ? o->cap : 1024;
+    while (cap < o->n + more)
+        cap *= 2;
+    char *p = realloc(o->p, cap);
+    if (p == NULL)
+        return -1;
+    o->p = p;
+    o->cap = cap;
+    return 0;
+}
+
+static int
+out_put(Out *o, const char *s, size_t n)
+{
+    if (out_room(o, n) < 0)
+        return -1;
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
+    return 0;
+}
+
+#define OUT_LIT(o, lit) out_put((o), (lit), sizeof(lit) - 1)
+
+static int
+out_ll(Out *o, long long v)
+{
+    char tmp[32];
+    int k = snprintf(tmp, sizeof tmp, "%lld", v);
+    return out_put(o, tmp, (size_t)k);
+}
+
+/* b[0:n] (UTF-8) as a JSON string, as json.dumps(ensure_ascii=False) writes it. */
+static int
+out_json_str(Out *o, const unsigned char *b, Py_ssize_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (out_room(o, (size_t)n * 6 + 2) < 0)
+        return -1;
+    char *w = o->p + o->n;
+    *w++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = b[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *w++ = (char)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\r': *w++ = 'r'; break;
+        case '\t': *w++ = 't'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\f': *w++ = 'f'; break;
+        default:
+            *w++ = 'u'; *w++ = '0'; *w++ = '0';
+            *w++ = hex[c >> 4]; *w++ = hex[c & 15];
+        }
+    }
+    *w++ = '"';
+    o->n = (size_t)(w - o->p);
+    return 0;
+}
+
+/* Whether b[0:n] is UTF-8 as Python's strict decoder takes it (no
+ * surrogates, no overlong forms, nothing above U+10FFFF). */
+static int
+utf8_ok(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80)
+                return 0;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
+                (c == 0xE0 && s[i + 1] < 0xA0) || (c == 0xED && s[i + 1] > 0x9F))
+                return 0;
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80 ||
+                (c == 0xF0 && s[i + 1] < 0x90) || (c == 0xF4 && s[i + 1] > 0x8F))
+                return 0;
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static long long
+mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long
+wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+/* The records' time format (pgjit.audit.writer.iso_utc_us). */
+static int
+out_iso(Out *o, long long us)
+{
+    static long long sec = -1;
+    static char day[24];
+    long long s = us / 1000000;
+    if (s != sec) {
+        time_t t = (time_t)s;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+        sec = s;
+    }
+    char tmp[48];
+    int k = snprintf(tmp, sizeof tmp, "\"%s.%06lldZ\"", day, us % 1000000);
+    return out_put(o, tmp, (size_t)k);
+}
+
+/* Command tags whose last number is the rows returned or affected
+ * (pgjit.gateway.statements._ROW_TAGS). */
+static int
+row_tag(const unsigned char *w, Py_ssize_t n)
+{
+    static const char *tags[] = {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+        if ((Py_ssize_t)strlen(tags[i]) == n && memcmp(tags[i], w, (size_t)n) == 0)
+            return 1;
+    return 0;
+}
+
+static int
+py_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); /* str.split() on ASCII */
+}
+
+/* A CommandComplete for the head statement: its rows, as Statement.rows
+ * adds them up. 0 when the tag is not one the tracker reads exactly. */
+static int
+track_tag(Tracked *t, const unsigned char *body, Py_ssize_t n)
+{
+    const unsigned char *nul = memchr(body, 0, (size_t)n);
+    if (nul != NULL)
+        n = nul - body;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (body[i] >= 0x80)
+            return 0;
+    Py_ssize_t a = 0;
+    while (a < n && py_space(body[a]))
+        a++;
+    Py_ssize_t b = a;
+    while (b < n && !py_space(body[b]))
+        b++;
+    if (a == b || !row_tag(body + a, b - a))
+        return 1; /* no rows said */
+    Py_ssize_t e = n;
+    while (e > 0 && py_space(body[e - 1]))
+        e--;
+    Py_ssize_t s = e;
+    while (s > 0 && !py_space(body[s - 1]))
+        s--;
+    if (s == e)
+        return 1;
+    for (Py_ssize_t i = s; i < e; i++)
+        if (body[i] < '0' || body[i] > '9')
+            return 1;
+    if (e - s > 18)
+        return 0; /* Python's int has no bound; this does */
+    long long v = 0;
+    for (Py_ssize_t i = s; i < e; i++)
+        v = v * 10 + (body[i] - '0');
+    t->rows = t->has_rows ? t->rows + v : v;
+    t->has_rows = 1;
+    if (t->rows > 4000000000000000000LL)
+        return 0;
+    return 1;
+}
+
+/* An ErrorResponse's code field (statements._sqlstate): 0 when it is not
+ * plain ASCII of a sensible length. */
+static int
+error_code(const unsigned char *b, Py_ssize_t n, char *into, int *len)
+{
+    Py_ssize_t pos = 0;
+    *len = 0;
+    while (pos < n && b[pos] != 0) {
+        const unsigned char *end = memchr(b + pos + 1, 0, (size_t)(n - pos - 1 > 0 ? n - pos - 1 : 0));
+        if (end == NULL || pos + 1 >= n)
+            break;
+        if (b[pos] == 'C') {
+            Py_ssize_t k = end - (b + pos + 1);
+            if (k >= 32)
+                return 0;
+            for (Py_ssize_t i = 0; i < k; i++)
+                if (b[pos + 1 + i] >= 0x80)
+                    return 0;
+            memcpy(into, b + pos + 1, (size_t)k);
+            *len = (int)k;
+            return 1;
+        }
+        pos = (end - b) + 1;
+    }
+    return 1;
+}
+
+/* The fingerprint of t's text (recording.fingerprint_of): str or None (a
+ * new reference), NULL on an error. */
+static PyObject *
+track_fingerprint(Core *c, Tracked *t)
+{
+    if (t->text_len == 0)
+        Py_RETURN_NONE;
+    if (t->text_len <= 4096 && c->fp_cache != NULL) {
+        unsigned char key[4096];
+        ssize_t k = shape_into((const unsigned char *)t->text, t->text_len, key);
+        if (k >= 0) {
+            PyObject *kb = PyBytes_FromStringAndSize((const char *)key, k);
+            if (kb == NULL)
+                return NULL;
+            PyObject *v = PyDict_GetItemWithError(c->fp_cache, kb); /* borrowed */
+            Py_DECREF(kb);
+            if (v != NULL)
+                return Py_NewRef(v);
+            if (PyErr_Occurred())
+                return NULL;
+        }
+    }
+    PyObject *sql = PyBytes_FromStringAndSize(t->text, t->text_len);
+    if (sql == NULL)
+        return NULL;
+    PyObject *fp = PyObject_CallOneArg(c->fp_cb, sql);
+    Py_DECREF(sql);
+    return fp;
+}
+
+/* The head statement got its ReadyForQuery: its entry onto done. -1 on an
+ * error (no memory: the session ends, audit_lost). */
+static int
+track_finish(Core *c)
+{
+    Tracked *t = &c->fl[c->fl_head];
+    long long end = mono_ns();
+    Out *o = &out_buf;
+    o->n = 0;
+    PyObject *fp = track_fingerprint(c, t);
+    if (fp == NULL)
+        goto fail;
+    long long dur_ns = end - t->start_ns, us = dur_ns / 1000, rem = dur_ns % 1000;
+    if (rem > 500 || (rem == 500 && (us & 1))) /* to the microsecond, half to even, as round() */
+        us++;
+    char *ms = PyOS_double_to_string((double)us / 1000.0, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (ms == NULL) {
+        Py_DECREF(fp);
+        goto fail;
+    }
+    int bad = OUT_LIT(o, "{\"at\":") || out_iso(o, t->at_us) || OUT_LIT(o, ",\"bytes\":") || out_ll(o, t->size) ||
+              OUT_LIT(o, ",\"decision\":\"allow\",\"duration_ms\":") || out_put(o, ms, strlen(ms)) ||
+              OUT_LIT(o, ",\"fingerprint\":");
+    PyMem_Free(ms);
+    if (!bad) {
+        if (fp == Py_None) {
+            bad = OUT_LIT(o, "null");
+        } else if (PyUnicode_Check(fp)) {
+            Py_ssize_t k;
+            const char *u = PyUnicode_AsUTF8AndSize(fp, &k);
+            bad = u == NULL || out_json_str(o, (const unsigned char *)u, k);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "a fingerprint is a str or None");
+            bad = 1;
+        }
+    }
+    Py_DECREF(fp);
+    if (bad)
+        goto fail;
+    bad = (t->error ? OUT_LIT(o, ",\"outcome\":\"error\",\"policy_hash\":") : OUT_LIT(o, ",\"outcome\":\"ok\",\"policy_hash\":")) ||
+          out_put(o, PyBytes_AS_STRING(c->policy_json), (size_t)PyBytes_GET_SIZE(c->policy_json)) ||
+          (t->copy ? OUT_LIT(o, ",\"protocol\":\"copy\",\"rows\":") : OUT_LIT(o, ",\"protocol\":\"simple\",\"rows\":")) ||
+          (t->has_rows ? out_ll(o, t->rows) : OUT_LIT(o, "null")) || OUT_LIT(o, ",\"rule\":null,\"seq\":") ||
+          out_ll(o, t->seq) || OUT_LIT(o, ",\"sqlstate\":") ||
+          (t->error ? out_json_str(o, (const unsigned char *)t->sqlstate, t->sqlstate_len) : OUT_LIT(o, "null")) ||
+          OUT_LIT(o, ",\"text\":") || out_json_str(o, (const unsigned char *)t->text, t->text_len) || OUT_LIT(o, "}");
+    if (bad)
+        goto fail;
+    Py_ssize_t at = PyByteArray_GET_SIZE(c->done);
+    Py_ssize_t add = (Py_ssize_t)o->n + (at > 0);
+    if (PyByteArray_Resize(c->done, at + add) < 0)
+        goto fail;
+    char *w = PyByteArray_AS_STRING(c->done) + at;
+    if (at > 0)
+        *w++ = ',';
+    memcpy(w, o->p, o->n);
+    if (at == 0 && c->dirty != NULL && PyList_Append(c->dirty, c->owner) < 0)
+        goto fail;
+    c->done_n++;
+    c->done_at_us = t->at_us;
+    free(t->text);
+    t->text = NULL;
+    c->fl_head = (c->fl_head + 1) % TRACK_MAX;
+    c->fl_n--;
+    return 0;
+fail:
+    return -1;
+}
+
+/* A relayed client Query frame (pos: its type byte): tracked, or 0 when
+ * the tracker cannot take it. */
+static int
+track_query(Core *c, const unsigned char *f, Py_ssize_t frame_size)
+{
+    const unsigned char *text = f + 5;
+    Py_ssize_t n = frame_size - 6; /* the body but its final NUL (as replay_log takes it) */
+    if (n < 0 || n > TRACK_TEXT_MAX || c->fl_n >= TRACK_MAX || !utf8_ok(text, n))
+        return 0;
+    char *copy = malloc(n > 0 ? (size_t)n : 1);
+    if (copy == NULL)
+        return 0;
+    memcpy(copy, text, (size_t)n);
+    Tracked *t = &c->fl[(c->fl_head + c->fl_n) % TRACK_MAX];
+    memset(t, 0, sizeof *t);
+    t->text = copy;
+    t->text_len = n;
+    t->size = frame_size;
+    t->seq = ++c->seq;
+    t->start_ns = mono_ns();
+    t->at_us = wall_us();
+    c->fl_n++;
+    return 1;
+}
+
+/* A relayed server frame while tracking (StatementQueue.server with only
+ * Queries queued): 1 done, 0 when the tracker cannot read it exactly, -1
+ * on an error. */
+static int
+track_server(Core *c, const unsigned char *f, Py_ssize_t frame_size)
+{
+    if (c->fl_n == 0)
+        return 1; /* nothing owed: Python's queue would ignore it too */
+    Tracked *t = &c->fl[c->fl_head];
+    const unsigned char *body = f + 5;
+    Py_ssize_t n = frame_size - 5;
+    switch (f[0]) {
+    case 'C':
+        return track_tag(t, body, n);
+    case 'E':
+        if (!t->error) {
+            char code[32];
+            int k;
+            if (!error_code(body, n, code, &k))
+                return 0;
+            memcpy(t->sqlstate, code, (size_t)k);
+            t->sqlstate_len = k;
+            t->error = 1;
+        }
+        return 1;
+    case 'G':
+    case 'H':
+    case 'W':
+        t->copy = 1;
+        return 1;
+    case 'Z':
+        return track_finish(c) < 0 ? -1 : 1;
+    default:
+        return 1;
+    }
+}
+
+/* Append one frame to the log (a direction byte, then the frame, or its
+ * type and an empty body); -1 on error. */
+static int
+log_frame(Core *c, int client, const unsigned char *f, Py_ssize_t frame_size, unsigned char a)
+{
+    PyObject *log = c->log;
+    Py_ssize_t at = PyByteArray_GET_SIZE(log);
+    Py_ssize_t add = a == AUDIT_FRAME ? 1 + frame_size : 6;
+    if (PyByteArray_Resize(log, at + add) < 0)
+        return -1;
+    char *o = PyByteArray_AS_STRING(log) + at;
+    o[0] = client ? 'c' : 's';
+    if (a == AUDIT_FRAME) {
+        memcpy(o + 1, f, (size_t)frame_size);
+    } else {
+        o[1] = (char)f[0];
+        o[2] = 0; o[3] = 0; o[4] = 0; o[5] = 4;
+    }
+    return 0;
+}
+
+/* The audited frames of b[0:r]: tracked, or logged for Python (*logged);
+ * -1 on error. */
+static int
+audit_frames(Core *c, int client, const unsigned char *b, Py_ssize_t r, int *logged)
+{
+    const unsigned char *amask = client ? c->calog : c->salog;
+    for (Py_ssize_t pos = 0; pos < r;) {
+        Py_ssize_t size = 1 + (Py_ssize_t)frame_len(b + pos);
+        unsigned char a = amask[b[pos]];
+        if (a != AUDIT_NONE) {
+            if (c->track && c->done != NULL) {
+                int k = client ? (b[pos] == 'Q' && track_query(c, b + pos, size)) : track_server(c, b + pos, size);
+                if (k < 0)
+                    return -1;
+                if (k > 0) {
+                    pos += size;
+                    continue;
+                }
+                c->track = 0; /* from this frame on, Python's (reclaim first) */
+            }
+            if (log_frame(c, client, b + pos, size, a) < 0)
+                return -1;
+            *logged = 1;
+        }
+        pos += size;
+    }
+    return 0;
+}
+
+static PyObject *
+Core_set_tracker(Core *self, PyObject *args)
+{
+    PyObject *done, *dirty, *owner, *fp_cache, *fp_cb, *policy_json;
+    if (!PyArg_ParseTuple(args, "O!O!OO!OO!", &PyByteArray_Type, &done, &PyList_Type, &dirty, &owner, &PyDict_Type,
+                          &fp_cache, &fp_cb, &PyBytes_Type, &policy_json))
+        return NULL;
+    if (self->log == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_audit first");
+        return NULL;
+    }
+    Py_XSETREF(self->done, Py_NewRef(done));
+    Py_XSETREF(self->dirty, Py_NewRef(dirty));
+    Py_XSETREF(self->owner, Py_NewRef(owner));
+    Py_XSETREF(self->fp_cache, Py_NewRef(fp_cache));
+    Py_XSETREF(self->fp_cb, Py_NewRef(fp_cb));
+    Py_XSETREF(self->policy_json, Py_NewRef(policy_json));
+    Py_RETURN_NONE;
+}
+
+/* Tracking off; the statements in flight, for Python's queue. */
+static PyObject *
+Core_reclaim(Core *self, PyObject *unused)
+{
+    self->track = 0;
+    if (self->fl_n == 0)
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    while (self->fl_n > 0) {
+        Tracked *t = &self->fl[self->fl_head];
+        PyObject *rows = t->has_rows ? PyLong_FromLongLong(t->rows) : Py_NewRef(Py_None);
+        PyObject *e = rows == NULL ? NULL
+                      : Py_BuildValue("(Ly#nLLiNiz#)", t->seq, t->text, t->text_len, t->size, t->at_us, t->start_ns,
+                                      t->copy, rows, t->error, t->error ? t->sqlstate : NULL, (Py_ssize_t)t->sqlstate_len);
+        if (e == NULL || PyList_Append(out, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(e);
+        free(t->text);
+        t->text = NULL;
+        self->fl_head = (self->fl_head + 1) % TRACK_MAX;
+        self->fl_n--;
+    }
+    return out;
+}
+
+/* What is done, and done empty again: (entries as a str, count, the last
+ * one's time in microseconds), or None. */
+static PyObject *
+Core_take_done(Core *self, PyObject *unused)
+{
+    if (self->done == NULL || PyByteArray_GET_SIZE(self->done) == 0)
+        Py_RETURN_NONE;
+    PyObject *text = PyUnicode_DecodeUTF8(PyByteArray_AS_STRING(self->done), PyByteArray_GET_SIZE(self->done), "strict");
+    if (text == NULL)
+        return NULL;
+    PyObject *res = Py_BuildValue("(NLL)", text, self->done_n, self->done_at_us);
+    if (res == NULL)
+        return NULL;
+    self->done_n = 0;
+    if (PyByteArray_Resize(self->done, 0) < 0) {
+        Py_DECREF(res);
+        return NULL;
+    }
+    return res;
+}
+
 static PyMethodDef Core_methods[] = {
     {"set_tls", (PyCFunction)Core_set_tls, METH_VARARGS,
      "set_tls(side: 0 client | 1 server, sslobj: ssl.SSLObject._sslobj, incoming: ssl.MemoryBIO, outgoing: "
@@ -392,44 +972,25 @@ static PyMethodDef Core_methods[] = {
     {"set_audit", (PyCFunction)Core_set_audit, METH_VARARGS,
      "set_audit(log: bytearray, client_mask: bytes, server_mask: bytes): append the relayed frames the masks "
      "mark (1: type only, 2: whole frame), each after a direction byte, to log"},
+    {"set_tracker", (PyCFunction)Core_set_tracker, METH_VARARGS,
+     "set_tracker(done: bytearray, dirty: list, owner, fingerprints: dict, fingerprint, policy_hash_json: bytes): "
+     "track simple Queries while .track is set (after set_audit; see the module's Statements section)"},
+    {"reclaim", (PyCFunction)Core_reclaim, METH_NOARGS,
+     "reclaim() -> [(seq, text, size, at_us, start_ns, copy, rows, error, sqlstate), ...] | None: tracking off, "
+     "and the statements in flight, oldest first, for Python's queue"},
+    {"take_done", (PyCFunction)Core_take_done, METH_NOARGS,
+     "take_done() -> (entries: str, count, last_at_us) | None: the finished statements' entries, joined by ','"},
     {NULL},
 };
-
-/* Append the audited frames of b[0:r] to the log; -1 on error. */
-static int
-audit_log(Core *c, int client, const unsigned char *b, Py_ssize_t r, int *logged)
-{
-    const unsigned char *amask = client ? c->calog : c->salog;
-    PyObject *log = c->log;
-    for (Py_ssize_t pos = 0; pos < r;) {
-        uint32_t len = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) | ((uint32_t)b[pos + 3] << 8) | (uint32_t)b[pos + 4];
-        Py_ssize_t stop = pos + 1 + (Py_ssize_t)len;
-        unsigned char a = amask[b[pos]];
-        if (a != AUDIT_NONE) {
-            Py_ssize_t at = PyByteArray_GET_SIZE(log);
-            Py_ssize_t add = a == AUDIT_FRAME ? 1 + (stop - pos) : 6;
-            if (PyByteArray_Resize(log, at + add) < 0)
-                return -1;
-            char *o = PyByteArray_AS_STRING(log) + at;
-            o[0] = client ? 'c' : 's';
-            if (a == AUDIT_FRAME) {
-                memcpy(o + 1, b + pos, (size_t)(stop - pos));
-            } else {
-                o[1] = (char)b[pos];
-                o[2] = 0; o[3] = 0; o[4] = 0; o[5] = 4;
-            }
-            *logged = 1;
-        }
-        pos = stop;
-    }
-    return 0;
-}
 
 static void
 Core_dealloc(Core *self)
 {
     PyObject_GC_UnTrack(self);
     Core_clear(self);
+    for (int i = 0; i < self->fl_n; i++)
+        free(self->fl[(self->fl_head + i) % TRACK_MAX].text);
+    self->fl_n = 0;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -459,6 +1020,9 @@ static PyMemberDef Core_members[] = {
     {"c_fast", T_BOOL, offsetof(Core, c_fast), 0, "client reads may take the C path"},
     {"s_fast", T_BOOL, offsetof(Core, s_fast), 0, "server reads may take the C path"},
     {"audit_lost", T_BOOL, offsetof(Core, audit_lost), 0, "the audit log could not take a frame"},
+    {"track", T_BOOL, offsetof(Core, track), 0, "the core tracks simple Queries (set_tracker; Python's queue is empty)"},
+    {"seq", T_LONGLONG, offsetof(Core, seq), 0, "the session's last statement number"},
+    {"in_flight", T_INT, offsetof(Core, fl_n), READONLY, "statements the tracker has in flight"},
     {"gate", T_OBJECT, offsetof(Core, gate), 0,
      "gate(sql: bytes) -> bool: True lets a Query through the C path; False (or an exception) hands the "
      "read to Python, which decides again. It must have no side effects."},
@@ -485,12 +1049,6 @@ static PyTypeObject CoreType = {
     .tp_doc = "One relayed session's sockets, buffers and ReadyForQuery counters.",
 };
 
-/* The length word of the frame whose type byte is at p. */
-static inline uint32_t
-frame_len(const unsigned char *p)
-{
-    return ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
-}
 
 /* Relay one readable event if it qualifies, reading into b (cap bytes).
  * Returns 1 when fully handled, 0 with *n and *sent set when Python must
@@ -634,7 +1192,7 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
     }
     if (!client)
         c->last_was_error = last == S_ERROR && last_stop == r;
-    if (c->log != NULL && audit_log(c, client, b, r, logged) < 0) {
+    if (c->log != NULL && audit_frames(c, client, b, r, logged) < 0) {
         PyErr_Clear(); /* out of memory: Python ends the session (reactor, audit_lost) */
         c->audit_lost = 1;
         *logged = 1;

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import trio
 
+from pgjit.gateway import recording
 from pgjit.gateway.relay import RelayCounters
 from pgjit.gateway.transport import RECV_SIZE, SocketTransport
 
@@ -156,6 +157,8 @@ class Channel:
         # that read (Relay.from_server keeps none; _keep copies).
         self.core = None
         self._log: bytearray | None = None
+        self._tracker = False  # the core tracks simple Queries while Python's statement queue is empty
+        self._tracking = False  # ... and _sync let it (the core's numbering counts until _claim)
         # A masked session's every server byte goes through its masker
         # (pgjit.masking.wire): its reads take the Python path.
         core = None
@@ -186,6 +189,13 @@ class Channel:
                 # logged for the relay's statement queue (replay_log).
                 self._log = bytearray()
                 core.set_audit(self._log, _AUDIT_CLIENT, _AUDIT_SERVER)
+                if relay.recorder.tracks:
+                    # Simple Queries and their replies: the core keeps the
+                    # statement queue itself while Python's is empty, and
+                    # writes their entries (_relaycore.c, Statements).
+                    core.set_tracker(bytearray(), reactor._dirty, self, recording._FINGERPRINTS,
+                                     recording.fingerprint_of, relay.recorder.policy_json())
+                    self._tracker = True
             self._sync()
         reactor._register(self)
 
@@ -200,6 +210,12 @@ class Channel:
 
     def close(self) -> None:
         if not self.closed:
+            if self._tracker:
+                # What the core tracked: finished, to the writer; in flight,
+                # to the queue (the session then records it as unanswered).
+                self._claim()
+                self._submit_done()
+                self._tracker = False
             self.closed = True
             if self.core is not None:
                 self.core.gate = None  # the bound method refers back to the session
@@ -217,9 +233,37 @@ class Channel:
                 _drop_locals(error)
         self.close()
 
+    # -------------------------------------------------------------- audit
+
+    def _claim(self) -> None:
+        """Python is about to handle this session: the statements the core's
+        tracker has in flight move to the relay's queue (in order, ahead of
+        anything Python queues next), and the core stops tracking until
+        _sync lets it again. Every entry point that may reach the relay
+        calls this first."""
+        if not self._tracking:
+            return
+        # The core numbered the statements since _sync let it track (it may
+        # have stopped by itself since, at a frame it does not track).
+        self._tracking = False
+        core, relay = self.core, self.relay
+        tracked = core.reclaim()  # type: ignore[union-attr]
+        queue = relay.queue
+        queue.seq = core.seq  # type: ignore[union-attr]
+        if tracked:
+            for st, item in zip(queue.adopt(tracked), tracked):
+                relay.recorder.adopted(st, item[3] / 1e6)
+
+    def _submit_done(self) -> None:
+        done = self.core.take_done()  # type: ignore[union-attr]
+        if done is not None:
+            self.relay.recorder.entries(*done)
+
     # -------------------------------------------------------------- events
 
     def feed_client(self, data: bytes) -> None:
+        if self._tracker:
+            self._claim()
         out, stop = self.relay.from_client(data)
         if out:
             self._send(self.ufd, out)
@@ -259,6 +303,8 @@ class Channel:
         if self.closed:
             return
         try:
+            if self._tracker:
+                self._claim()
             data = self.relay.release(error)  # type: ignore[arg-type]
             self.holding = False
             if data:
@@ -290,9 +336,19 @@ class Channel:
                 and relay._s_pending is None
                 and not relay._rewrites
             )
+            if self._tracker:
+                track = core.c_fast and not self._log and not relay.queue and not self.closed
+                if track != self._tracking:
+                    if track:
+                        core.seq = relay.queue.seq
+                        core.track = self._tracking = True
+                    else:
+                        self._claim()
 
     def on_event(self, fd: int, ev: int) -> None:
         try:
+            if self._tracker:
+                self._claim()
             if fd == self.cfd and ev & _ERR and self.relay.terminating:
                 self._finish()  # the client went away after its Terminate: nobody to answer
                 return
@@ -324,13 +380,17 @@ class Channel:
         ``data`` is this read's own (no other read of the batch reuses it)."""
         if self._log is not None and not self.closed:
             try:
-                self._drain_log()  # first: what the core relayed came before this
+                if self._tracker:
+                    self._claim()  # first: what the core tracked came before what it logged
+                self._drain_log()  # then: what the core relayed came before this
             except BaseException as e:
                 self._finish(e)
                 return
-        if n == -3:  # relayed (the log's replay changes no flag _sync reads), or TLS bytes wait
+        if n == -3:  # relayed, or TLS bytes wait
             if self.tls and not self.closed:
                 self._tls_waiting()
+            if self._tracker and not self.closed:
+                self._sync()  # the log is replayed: the core may track again
             return
         if n < 0:
             self.on_event(fd, ev)
@@ -422,6 +482,8 @@ class Channel:
         if self.closed:
             return
         try:
+            if self._tracker:
+                self._claim()
             for fd, sock, read in ((self.cfd, self.client, self._read_client), (self.ufd, self.upstream, self._read_upstream)):
                 if not self.closed and self._mask[fd] & _IN and getattr(sock, "buffered", False):
                     read()
@@ -559,6 +621,9 @@ class Reactor:
         self._bufs = [bytearray(RECV_SIZE)]
         # Channels whose TLS objects hold bytes no socket event will announce.
         self._tls_ready: set[Channel] = set()
+        # Channels whose core finished tracked statements since the last look
+        # (each core appends its channel; _take_done empties it in place).
+        self._dirty: list[Channel] = []
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
         self._degraded = False
@@ -635,15 +700,27 @@ class Reactor:
         reports = _relaycore.run_slice(self._epfd, _BATCH, self._cores, self._bufs, budget_us)
         if reports is not None:
             self._dispatch(reports)
+        if self._dirty:
+            self._take_done()
+
+    def _take_done(self) -> None:
+        """The statements the cores finished, to the audit writer: one
+        submit per session and slice."""
+        dirty = self._dirty
+        for channel in dirty:
+            if channel._tracker:
+                channel._submit_done()
+        dirty.clear()
 
     def _poll(self) -> bool:
         if self.use_core:
             self._watch_audit()
             reports = _relaycore.pump(self._epfd, _BATCH, self._cores, self._bufs)
-            if reports is None:
-                return False
-            self._dispatch(reports)
-            return True
+            if reports is not None:
+                self._dispatch(reports)
+            if self._dirty:
+                self._take_done()
+            return reports is not None
         events = self._ep.poll(0, _BATCH)
         relays = self._relays
         for fd, ev in events:

@@ -17,7 +17,8 @@ from typing import Any
 
 from pgjit import metrics
 from pgjit.audit import records
-from pgjit.audit.writer import AuditUnavailable, Deferred
+from pgjit.audit.chain import _encode_str
+from pgjit.audit.writer import AuditUnavailable, Deferred, Entries
 from pgjit.gateway.statements import Statement
 from pgjit.policy.gate import shape_key, statement_fingerprint
 
@@ -89,6 +90,32 @@ class SessionRecorder:
         return records.statement_result(
             self.session_id, person=self.person, target=self.target, seq=st.seq, outcome=st.outcome,
             rows=st.rows, sqlstate=st.sqlstate, duration=st.duration)
+
+    @property
+    def tracks(self) -> bool:
+        """Whether the C core may keep this session's simple Queries itself
+        and write their entries (_relaycore.c, Statements): not when the
+        text is to be normalised, which takes pglast."""
+        return not self.redact_literals
+
+    def policy_json(self) -> bytes:
+        """The entries' policy_hash as JSON, for the C core to put in them."""
+        return (_encode_str(self.policy_hash) if self.policy_hash is not None else "null").encode()
+
+    def entries(self, text: str, count: int, at_us: int) -> None:
+        """Statements the C core tracked and finished: their entries as
+        JSON objects joined by ',' (statement and result in one, as the
+        writer merges them), the last one's time in microseconds."""
+        metrics.STATEMENTS.add("allow", count)
+        self.writer.submit(Entries(self.session_id, self.person, self.target, text, count, at_us), force=True)
+
+    def adopted(self, st: Statement, at: float) -> None:
+        """A statement the C core relayed and tracked, now in Python's queue
+        (StatementQueue.adopt): its record, with the time it went upstream."""
+        record = Deferred(self._statement_record, st, st.protocol, st.decision, st.rule)
+        record.at = at
+        metrics.STATEMENTS.inc(st.decision)
+        self.writer.submit(record, force=True)
 
     def statement(self, st: Statement, *, force: bool = False) -> None:
         # Built in the writer's thread; what may change once the statement

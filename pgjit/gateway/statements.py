@@ -74,12 +74,13 @@ class Statement:
     ended: float | None = None
     parameters: list[str | None] | None = None  # bind values, when the audit records them
     max_rows: int = 0  # an Execute's row limit (0: none)
+    rows_base: int | None = None  # rows the C core's tracker counted before Python took it over (adopt)
 
     @property
     def rows(self) -> int | None:
         """Rows returned or affected, from the command tags (None when no
         tag says, e.g. CREATE TABLE); DataRows counted otherwise."""
-        total = None
+        total = self.rows_base
         for tag in self.tags:
             parts = tag.split()
             if parts and parts[0] in _ROW_TAGS and parts[-1].isdigit():
@@ -109,6 +110,15 @@ class StatementQueue:
         return len(self._q)
 
     @property
+    def seq(self) -> int:
+        """The last statement number given out."""
+        return self._seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self._seq = value
+
+    @property
     def in_flight(self) -> list[Statement]:
         return [st for _, st in self._q if st is not None]
 
@@ -128,6 +138,20 @@ class StatementQueue:
             st.outcome, st.sqlstate = "refused", sqlstate
         self._q.append((Q, st))
         return st
+
+    def adopt(self, tracked: list[tuple]) -> list[Statement]:
+        """The statements the C core's tracker had in flight (its reclaim():
+        seq, text, size, at_us, start_ns, copy, rows, error, sqlstate), at
+        the head of this queue, which was empty while the core tracked.
+        (The caller takes the core's sequence number too: ``seq``.)"""
+        out = []
+        for seq, text, size, _at, start_ns, copy, rows, error, sqlstate in tracked:
+            st = Statement(seq, "copy" if copy else "simple", text, start_ns / 1e9, bytes_in=size, rows_base=rows)
+            if error:
+                st.outcome, st.sqlstate = "error", sqlstate
+            self._q.append((Q, st))
+            out.append(st)
+        return out
 
     def parse(self, name: str, text: bytes) -> None:
         self._prepared[name] = bytes(text)
