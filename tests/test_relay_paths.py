@@ -100,11 +100,11 @@ backend_frame = st.one_of(
 
 
 @st.composite
-def conversation(draw):
+def conversation(draw, front=frontend_frame, back=backend_frame):
     """Steps: ("c", bytes) client writes, ("s", bytes) server writes,
     ("drain", side) a receiver reads what it has. A write is either a few
     whole frames (what the C path takes) or a cut at any byte."""
-    frames = {"c": draw(st.lists(frontend_frame, max_size=25)), "s": draw(st.lists(backend_frame, max_size=25))}
+    frames = {"c": draw(st.lists(front, max_size=25)), "s": draw(st.lists(back, max_size=25))}
     streams = {side: b"".join(f) for side, f in frames.items()}
     bounds = {side: set(itertools.accumulate(len(x) for x in f)) for side, f in frames.items()}
     steps = []
@@ -132,6 +132,7 @@ class _Recorder:
 
     degraded = False
     bind_parameters = True
+    tracks = False  # the C core logs every frame for this recorder (its tracker: tests/test_audit_tracker.py)
 
     def __init__(self) -> None:
         self.log: list[tuple] = []
@@ -143,7 +144,9 @@ class _Recorder:
         self.log.append(("result", st.seq, st.outcome, st.rows, st.sqlstate))
 
 
-def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False):
+def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False, recorder=None):
+    """``recorder``: a real pgjit.gateway.recording.SessionRecorder instead
+    of the _Recorder (audited); the session's end is then recorded too."""
     reactor = Reactor(use_core=use_core)
     c_app, c_gw = socket.socketpair()
     u_gw, u_app = socket.socketpair()
@@ -156,8 +159,9 @@ def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False):
     session.phase = Phase.RELAY
     if gated:
         session.relay = Relay(session.config.limits, session.gateway, session_id=session.id, gate=Gate(POLICY))
-    recorder = _Recorder() if audited else None
-    if audited:
+    if recorder is None and audited:
+        recorder = _Recorder()
+    if recorder is not None:
         session.relay = Relay(session.config.limits, session.gateway, session_id=session.id,
                               gate=Gate(POLICY) if gated else None, recorder=recorder)
     relay = reactor.attach(session, client_t, up_t)
@@ -213,13 +217,15 @@ def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False):
     finally:
         closed = relay.closed
         relay.close()
+        if recorder is not None and not isinstance(recorder, _Recorder):
+            session.relay.finish_audit()
         for s in (c_app, c_gw, u_gw, u_app):
             s.close()
     return relay_outcome(session, relay, closed, got["up"], got["cl"]) | {
         "pending": (session.relay._c_pending, session.relay._s_pending, session.relay._s_skip, len(session.relay._rewrites)),
         "prepared": sorted(session.relay.prepared),
         "error text": str(relay.error) if relay.error is not None else None,
-        "records": recorder.log if recorder is not None else None,
+        "records": recorder.log if isinstance(recorder, _Recorder) else None,
     }
 
 

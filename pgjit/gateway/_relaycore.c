@@ -754,7 +754,9 @@ track_finish(Core *c)
         goto fail;
     bad = (t->error ? OUT_LIT(o, ",\"outcome\":\"error\",\"policy_hash\":") : OUT_LIT(o, ",\"outcome\":\"ok\",\"policy_hash\":")) ||
           out_put(o, PyBytes_AS_STRING(c->policy_json), (size_t)PyBytes_GET_SIZE(c->policy_json)) ||
-          (t->copy ? OUT_LIT(o, ",\"protocol\":\"copy\",\"rows\":") : OUT_LIT(o, ",\"protocol\":\"simple\",\"rows\":")) ||
+          /* the protocol as the statement went upstream (a COPY's is the
+           * protocol it came in, as Python records it) */
+          OUT_LIT(o, ",\"protocol\":\"simple\",\"rows\":") ||
           (t->has_rows ? out_ll(o, t->rows) : OUT_LIT(o, "null")) || OUT_LIT(o, ",\"rule\":null,\"seq\":") ||
           out_ll(o, t->seq) || OUT_LIT(o, ",\"sqlstate\":") ||
           (t->error ? out_json_str(o, (const unsigned char *)t->sqlstate, t->sqlstate_len) : OUT_LIT(o, "null")) ||

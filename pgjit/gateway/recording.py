@@ -112,7 +112,9 @@ class SessionRecorder:
     def adopted(self, st: Statement, at: float) -> None:
         """A statement the C core relayed and tracked, now in Python's queue
         (StatementQueue.adopt): its record, with the time it went upstream."""
-        record = Deferred(self._statement_record, st, st.protocol, st.decision, st.rule)
+        # As it went upstream: a simple Query (a COPY it started since is
+        # the statement's protocol now, as for any other statement).
+        record = Deferred(self._statement_record, st, "simple", st.decision, st.rule)
         record.at = at
         metrics.STATEMENTS.inc(st.decision)
         self.writer.submit(record, force=True)

@@ -83,7 +83,7 @@ class Statement:
         total = self.rows_base
         for tag in self.tags:
             parts = tag.split()
-            if parts and parts[0] in _ROW_TAGS and parts[-1].isdigit():
+            if parts and parts[0] in _ROW_TAGS and parts[-1].isascii() and parts[-1].isdigit():
                 total = (total or 0) + int(parts[-1])
         if total is None and self.rows_seen:
             return self.rows_seen
