@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale; 10 gives the 1M-row table")
     ap.add_argument("--only", help="comma-separated workload names to run")
+    ap.add_argument("--targets", help="comma-separated targets to measure (direct is always kept: the ratios are "
+                                      "to it), e.g. pgbouncer,jit+gate,jit+audit")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--connects", type=int, default=100, help="connections per target for the connect-latency section")
     args = ap.parse_args(argv)
@@ -519,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                 wtargets = tls_targets
             elif name in ("select-simple", "latency-1client"):
                 wtargets = wtargets + [masked]  # a masked session's small statements (the Python path)
+            if args.targets:
+                wanted = set(args.targets.split(",")) | {"direct"}
+                wtargets = [t for t in wtargets if t.name in wanted]
             results = {t.name: Result() for t in wtargets}
             for _ in range(args.rounds):
                 for t in wtargets:

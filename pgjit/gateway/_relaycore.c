@@ -257,10 +257,19 @@ tls_unsent(Tls *t)
 typedef struct {
     long long seq, start_ns, at_us, rows;
     Py_ssize_t size, text_len;
-    char *text;
+    char *text; /* inline, or malloc'd when longer */
     int has_rows, error, copy, sqlstate_len;
     char sqlstate[32];
+    char inline_text[160];
 } Tracked;
+
+static void
+tracked_free(Tracked *t)
+{
+    if (t->text != t->inline_text)
+        free(t->text);
+    t->text = NULL;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -491,9 +500,42 @@ out_put(Out *o, const char *s, size_t n)
 static int
 out_ll(Out *o, long long v)
 {
-    char tmp[32];
-    int k = snprintf(tmp, sizeof tmp, "%lld", v);
-    return out_put(o, tmp, (size_t)k);
+    char tmp[24];
+    int k = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--k] = '-';
+    return out_put(o, tmp + k, sizeof tmp - (size_t)k);
+}
+
+/* us / 1000 as Python's repr(float) writes it: for any value below 10**15
+ * (31 years of microseconds) the shortest decimal that round-trips is the
+ * three-decimal one without its trailing zeros (a decimal of 15 digits or
+ * fewer is the only one of that length naming its double), at least one
+ * digit after the point, never an exponent (repr uses one from 1e16 on). */
+static int
+out_ms(Out *o, long long us)
+{
+    if (us < 0 || us >= 1000000000000000LL) {
+        char *r = PyOS_double_to_string((double)us / 1000.0, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (r == NULL)
+            return -1;
+        int bad = out_put(o, r, strlen(r));
+        PyMem_Free(r);
+        return bad;
+    }
+    if (out_ll(o, us / 1000) < 0)
+        return -1;
+    int frac = (int)(us % 1000);
+    char d[4] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10)};
+    size_t k = 4;
+    while (k > 2 && d[k - 1] == '0')
+        k--;
+    return out_put(o, d, k);
 }
 
 /* b[0:n] (UTF-8) as a JSON string, as json.dumps(ensure_ascii=False) writes it. */
@@ -577,23 +619,36 @@ wall_us(void)
     return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }
 
-/* The records' time format (pgjit.audit.writer.iso_utc_us). */
+/* The records' time format (pgjit.audit.writer.iso_utc_us), as a JSON
+ * string: the date and time of day are made once a second. */
 static int
 out_iso(Out *o, long long us)
 {
     static long long sec = -1;
     static char day[24];
+    static size_t day_len;
     long long s = us / 1000000;
     if (s != sec) {
         time_t t = (time_t)s;
         struct tm tm;
         gmtime_r(&t, &tm);
-        strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+        day_len = strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
         sec = s;
     }
-    char tmp[48];
-    int k = snprintf(tmp, sizeof tmp, "\"%s.%06lldZ\"", day, us % 1000000);
-    return out_put(o, tmp, (size_t)k);
+    char tmp[36];
+    tmp[0] = '"';
+    memcpy(tmp + 1, day, day_len);
+    char *w = tmp + 1 + day_len;
+    *w++ = '.';
+    long long frac = us % 1000000;
+    for (int i = 5; i >= 0; i--) {
+        w[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    w += 6;
+    *w++ = 'Z';
+    *w++ = '"';
+    return out_put(o, tmp, (size_t)(w - tmp));
 }
 
 /* Command tags whose last number is the rows returned or affected
@@ -728,15 +783,9 @@ track_finish(Core *c)
     long long dur_ns = end - t->start_ns, us = dur_ns / 1000, rem = dur_ns % 1000;
     if (rem > 500 || (rem == 500 && (us & 1))) /* to the microsecond, half to even, as round() */
         us++;
-    char *ms = PyOS_double_to_string((double)us / 1000.0, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (ms == NULL) {
-        Py_DECREF(fp);
-        goto fail;
-    }
     int bad = OUT_LIT(o, "{\"at\":") || out_iso(o, t->at_us) || OUT_LIT(o, ",\"bytes\":") || out_ll(o, t->size) ||
-              OUT_LIT(o, ",\"decision\":\"allow\",\"duration_ms\":") || out_put(o, ms, strlen(ms)) ||
+              OUT_LIT(o, ",\"decision\":\"allow\",\"duration_ms\":") || out_ms(o, us) ||
               OUT_LIT(o, ",\"fingerprint\":");
-    PyMem_Free(ms);
     if (!bad) {
         if (fp == Py_None) {
             bad = OUT_LIT(o, "null");
@@ -775,8 +824,7 @@ track_finish(Core *c)
         goto fail;
     c->done_n++;
     c->done_at_us = t->at_us;
-    free(t->text);
-    t->text = NULL;
+    tracked_free(t);
     c->fl_head = (c->fl_head + 1) % TRACK_MAX;
     c->fl_n--;
     return 0;
@@ -793,12 +841,13 @@ track_query(Core *c, const unsigned char *f, Py_ssize_t frame_size)
     Py_ssize_t n = frame_size - 6; /* the body but its final NUL (as replay_log takes it) */
     if (n < 0 || n > TRACK_TEXT_MAX || c->fl_n >= TRACK_MAX || !utf8_ok(text, n))
         return 0;
-    char *copy = malloc(n > 0 ? (size_t)n : 1);
+    Tracked *t = &c->fl[(c->fl_head + c->fl_n) % TRACK_MAX];
+    char *copy = n <= (Py_ssize_t)sizeof t->inline_text ? t->inline_text : malloc((size_t)n);
     if (copy == NULL)
         return 0;
     memcpy(copy, text, (size_t)n);
-    Tracked *t = &c->fl[(c->fl_head + c->fl_n) % TRACK_MAX];
-    memset(t, 0, sizeof *t);
+    t->rows = 0;
+    t->has_rows = t->error = t->copy = t->sqlstate_len = 0;
     t->text = copy;
     t->text_len = n;
     t->size = frame_size;
@@ -938,8 +987,7 @@ Core_reclaim(Core *self, PyObject *unused)
             return NULL;
         }
         Py_DECREF(e);
-        free(t->text);
-        t->text = NULL;
+        tracked_free(t);
         self->fl_head = (self->fl_head + 1) % TRACK_MAX;
         self->fl_n--;
     }
@@ -991,7 +1039,7 @@ Core_dealloc(Core *self)
     PyObject_GC_UnTrack(self);
     Core_clear(self);
     for (int i = 0; i < self->fl_n; i++)
-        free(self->fl[(self->fl_head + i) % TRACK_MAX].text);
+        tracked_free(&self->fl[(self->fl_head + i) % TRACK_MAX]);
     self->fl_n = 0;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1031,7 +1079,17 @@ static PyMemberDef Core_members[] = {
     {NULL},
 };
 
+static PyObject *
+Core_get_in_flight_since(Core *self, void *closure)
+{
+    if (self->fl_n == 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->fl[self->fl_head].start_ns);
+}
+
 static PyGetSetDef Core_getset[] = {
+    {"in_flight_since", (getter)Core_get_in_flight_since, NULL,
+     "when the oldest statement the tracker has in flight went upstream (CLOCK_MONOTONIC ns), or None", NULL},
     {"txn_status", (getter)Core_get_txn_status, (setter)Core_set_txn_status, "b'I', b'T' or b'E'", NULL},
     {NULL},
 };

@@ -75,6 +75,12 @@ _SPINS = 16
 # 2 ms rather than 0.5 ms took 27.2 -> 23.6 us of CPU per pgbench -S
 # transaction.)
 _SLICE_NS = 2_000_000
+# How often the statements the C cores finished go to the audit writer (one
+# submit per session each time; the writer batches every 50 ms anyway).
+DONE_EVERY = 0.01
+# How long a statement the C core tracks may run before its record is made
+# in Python (and written while it runs): Reactor._sweep_tracked.
+TRACKED_SWEEP = 1.0
 
 _C_MASKS: dict[tuple[frozenset[int], frozenset[int], bool], bytes] = {}
 _Q, _P = b"Q"[0], b"P"[0]
@@ -196,6 +202,7 @@ class Channel:
                     core.set_tracker(bytearray(), reactor._dirty, self, recording._FINGERPRINTS,
                                      recording.fingerprint_of, relay.recorder.policy_json())
                     self._tracker = True
+                    reactor._tracked_sweep_at = reactor._tracked_sweep_at or 1.0  # the sweep starts (at once)
             self._sync()
         reactor._register(self)
 
@@ -624,6 +631,8 @@ class Reactor:
         # Channels whose core finished tracked statements since the last look
         # (each core appends its channel; _take_done empties it in place).
         self._dirty: list[Channel] = []
+        self._tracked_sweep_at = 0.0  # 0: no session tracks statements in the core (yet)
+        self._done_due = 0.0
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
         self._degraded = False
@@ -700,8 +709,30 @@ class Reactor:
         reports = _relaycore.run_slice(self._epfd, _BATCH, self._cores, self._bufs, budget_us)
         if reports is not None:
             self._dispatch(reports)
-        if self._dirty:
-            self._take_done()
+        if self._dirty or self._tracked_sweep_at:
+            now = time.monotonic()
+            if self._dirty and now >= self._done_due:
+                self._done_due = now + DONE_EVERY
+                self._take_done()
+            if self._tracked_sweep_at <= now:
+                self._sweep_tracked()
+
+    def _sweep_tracked(self) -> None:
+        """Statements the cores have had in flight for a while are taken into
+        their sessions' queues (Channel._claim), whose records then reach the
+        store while they run: the trail shows a long statement before its
+        answer comes, as it does for every statement the Python path relays."""
+        now = time.monotonic()
+        self._tracked_sweep_at = now + TRACKED_SWEEP
+        limit = int((now - TRACKED_SWEEP) * 1e9)
+        for channel in {c for c in self._relays.values() if c._tracking}:
+            try:
+                since = channel.core.in_flight_since  # type: ignore[union-attr]
+                if since is not None and since <= limit and not channel.closed:
+                    channel._claim()
+                    channel._sync()
+            except BaseException as e:
+                channel._finish(e)
 
     def _take_done(self) -> None:
         """The statements the cores finished, to the audit writer: one
