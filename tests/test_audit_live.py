@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -313,3 +314,38 @@ def test_large_results_and_portals_fetched_in_parts_count_their_rows(pg, tmp_pat
         ("select generate_series(1, 25000)", "suspended", 10000),
         ("select generate_series(1, 25000)", "ok", 5000),
     ], got
+
+
+def test_a_long_statement_is_recorded_while_it_runs(audited):
+    """A statement the C core relays is in its tracker until its answer
+    comes; one that runs for more than a second is taken into the relay's
+    queue (Reactor._sweep_tracked), and its record reaches the store while
+    it still runs. What the tracker finished is written while the session
+    idles."""
+    gw, url = audited
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        conn.execute("select 1")  # the session is relayed and tracked by the core
+        # An idle session's finished statements are written too (keep_tracked).
+        done, deadline = [], time.monotonic() + 2
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = [e for r in _records(url) if r["kind"] == "statements" for e in r["body"]["statements"]
+                    if e.get("text") == "select 1" and e.get("outcome") == "ok"]
+        assert done, "the finished statement of an idle session was not written within 2 s"
+        runner = threading.Thread(target=conn.execute, args=("select pg_sleep(4)",))
+        runner.start()
+        seen, deadline = [], time.monotonic() + 3.5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+            entries = [e for r in _records(url) if r["kind"] == "statements" for e in r["body"]["statements"]]
+            seen = [e for e in entries if e.get("text") == "select pg_sleep(4)"]
+        running = runner.is_alive()
+        runner.join()
+    assert seen, "no record of the running statement within 3.5 s"
+    assert running and "outcome" not in seen[0]  # the statement's record, before its answer came
+    _wait_closed(gw)
+    assert gw.stop() == 0
+    rows = _records(url)
+    sid = _session_ids(rows)[-1]
+    got = [(s["body"]["text"], r["body"]["outcome"] if r else None) for s, r in _statements(rows, sid)]
+    assert got == [("select 1", "ok"), ("select pg_sleep(4)", "ok")]

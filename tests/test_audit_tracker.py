@@ -174,3 +174,13 @@ def test_durations_are_written_to_the_microsecond(duration):
     assert ms == round(duration * 1_000_000) / 1000
     assert json.dumps(ms) == repr(ms)
 
+
+
+@given(us=st.integers(0, 10**15 - 1))
+def test_the_cores_duration_text_is_pythons_repr(us):
+    """The C tracker writes duration_ms as the three-decimal text of
+    us / 1000 without its trailing zeros (_relaycore.c, out_ms), which is
+    what json.dumps writes for that float (and what the hash chain covers)."""
+    whole, frac = divmod(us, 1000)
+    text = f"{whole}." + (f"{frac:03d}".rstrip("0") or "0")
+    assert json.dumps(us / 1000) == text

@@ -1110,6 +1110,18 @@ static PyTypeObject CoreType = {
 };
 
 
+/* audit_frames, and on an error (no memory) the session ends: Python
+ * sees audit_lost. */
+static void
+audit_or_lose(Core *c, int client, const unsigned char *b, Py_ssize_t r, int *logged)
+{
+    if (audit_frames(c, client, b, r, logged) < 0) {
+        PyErr_Clear();
+        c->audit_lost = 1;
+        *logged = 1;
+    }
+}
+
 /* Relay one readable event if it qualifies, reading into b (cap bytes).
  * Returns 1 when fully handled, 0 with *n and *sent set when Python must
  * take over. *logged is set when Python must look at the session even so:
@@ -1252,31 +1264,32 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
     }
     if (!client)
         c->last_was_error = last == S_ERROR && last_stop == r;
-    if (c->log != NULL && audit_frames(c, client, b, r, logged) < 0) {
-        PyErr_Clear(); /* out of memory: Python ends the session (reactor, audit_lost) */
-        c->audit_lost = 1;
-        *logged = 1;
-    }
+    /* A client's frames are audited before they go upstream (a statement
+     * is tracked, or logged, before it runs); the server's after they went
+     * to the client, off the round trip's path. */
+    if (client && c->log != NULL)
+        audit_or_lose(c, 1, b, r, logged);
 
     int dest = client ? c->ufd : c->cfd;
+    int done;
     if (dst->ssl != NULL) {
         /* All the plaintext is taken; ciphertext the kernel did not take
          * stays in the write BIO, and Python waits for writable (sent = n,
          * nothing left of the plaintext). */
         int k = tls_send(dst, dest, b, r);
-        if (k == 1)
-            return 1;
-        *sent = k == 0 ? r : -2;
-        return 0;
+        done = k == 1;
+        if (!done)
+            *sent = k == 0 ? r : -2;
+    } else {
+        ssize_t w = send(dest, b, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
+        done = w == r;
+        if (!done)
+            *sent = w >= 0 ? w : (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
     }
-    ssize_t w = send(dest, b, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (w == r)
-        return 1;
-    if (w < 0)
-        *sent = (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -2;
-    else
-        *sent = w;
-    return 0;
+    /* (relayed and counted, whatever the write did: Python sends the rest) */
+    if (!client && c->log != NULL)
+        audit_or_lose(c, 0, b, r, logged);
+    return done;
 }
 
 /* Reads up to this size that are handed to Python are copied out of the

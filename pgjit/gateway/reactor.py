@@ -78,6 +78,8 @@ _SLICE_NS = 2_000_000
 # How often the statements the C cores finished go to the audit writer (one
 # submit per session each time; the writer batches every 50 ms anyway).
 DONE_EVERY = 0.01
+# How often the reactor's keep_tracked task looks, relaying or not.
+TRACKED_TICK = 0.05
 # How long a statement the C core tracks may run before its record is made
 # in Python (and written while it runs): Reactor._sweep_tracked.
 TRACKED_SWEEP = 1.0
@@ -202,7 +204,6 @@ class Channel:
                     core.set_tracker(bytearray(), reactor._dirty, self, recording._FINGERPRINTS,
                                      recording.fingerprint_of, relay.recorder.policy_json())
                     self._tracker = True
-                    reactor._tracked_sweep_at = reactor._tracked_sweep_at or 1.0  # the sweep starts (at once)
             self._sync()
         reactor._register(self)
 
@@ -631,7 +632,7 @@ class Reactor:
         # Channels whose core finished tracked statements since the last look
         # (each core appends its channel; _take_done empties it in place).
         self._dirty: list[Channel] = []
-        self._tracked_sweep_at = 0.0  # 0: no session tracks statements in the core (yet)
+        self._tracked_sweep_at = 0.0
         self._done_due = 0.0
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
@@ -709,12 +710,23 @@ class Reactor:
         reports = _relaycore.run_slice(self._epfd, _BATCH, self._cores, self._bufs, budget_us)
         if reports is not None:
             self._dispatch(reports)
-        if self._dirty or self._tracked_sweep_at:
+        if self._dirty:
             now = time.monotonic()
-            if self._dirty and now >= self._done_due:
+            if now >= self._done_due:
                 self._done_due = now + DONE_EVERY
                 self._take_done()
-            if self._tracked_sweep_at <= now:
+
+    async def keep_tracked(self) -> None:
+        """What the C cores track reaches the audit writer when the reactor
+        is idle too: finished statements every TRACKED_TICK (the reactor's
+        slices take them sooner while it relays), and statements running for
+        more than TRACKED_SWEEP move to their sessions' queues."""
+        while True:
+            await trio.sleep(TRACKED_TICK)
+            if self._dirty:
+                self._done_due = time.monotonic() + DONE_EVERY
+                self._take_done()
+            if self._tracked_sweep_at <= time.monotonic():
                 self._sweep_tracked()
 
     def _sweep_tracked(self) -> None:

@@ -272,6 +272,7 @@ class Gateway:
             # so sessions ending during shutdown can still revoke their roles.
             if self.reactor is not None:
                 background.start_soon(self.reactor.run)
+                background.start_soon(self.reactor.keep_tracked)
             for broker in self.brokers.values():
                 background.start_soon(broker.run_sweeper)
             for keeper in self.catalogs.values():
