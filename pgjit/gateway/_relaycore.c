@@ -994,6 +994,26 @@ Core_reclaim(Core *self, PyObject *unused)
     return out;
 }
 
+/* The tracker's references let go (the owner refers back to this core),
+ * and what it had in flight freed: the session is over. */
+static PyObject *
+Core_drop_tracker(Core *self, PyObject *unused)
+{
+    self->track = 0;
+    while (self->fl_n > 0) {
+        tracked_free(&self->fl[self->fl_head]);
+        self->fl_head = (self->fl_head + 1) % TRACK_MAX;
+        self->fl_n--;
+    }
+    Py_CLEAR(self->done);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->fp_cache);
+    Py_CLEAR(self->fp_cb);
+    Py_CLEAR(self->policy_json);
+    Py_RETURN_NONE;
+}
+
 /* What is done, and done empty again: (entries as a str, count, the last
  * one's time in microseconds), or None. */
 static PyObject *
@@ -1028,6 +1048,9 @@ static PyMethodDef Core_methods[] = {
     {"reclaim", (PyCFunction)Core_reclaim, METH_NOARGS,
      "reclaim() -> [(seq, text, size, at_us, start_ns, copy, rows, error, sqlstate), ...] | None: tracking off, "
      "and the statements in flight, oldest first, for Python's queue"},
+    {"drop_tracker", (PyCFunction)Core_drop_tracker, METH_NOARGS,
+     "drop_tracker(): the tracker's references released and what it had in flight dropped (after reclaim "
+     "and take_done: the session is over)"},
     {"take_done", (PyCFunction)Core_take_done, METH_NOARGS,
      "take_done() -> (entries: str, count, last_at_us) | None: the finished statements' entries, joined by ','"},
     {NULL},

@@ -223,6 +223,7 @@ class Channel:
                 # to the queue (the session then records it as unanswered).
                 self._claim()
                 self._submit_done()
+                self.core.drop_tracker()  # type: ignore[union-attr]  # it refers back to this channel
                 self._tracker = False
             self.closed = True
             if self.core is not None:
