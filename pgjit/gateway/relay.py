@@ -156,6 +156,26 @@ def _changes_prepared(analysis) -> bool:
     return any(f.kind in _PREPARED_KINDS for f in analysis.statements)
 
 
+# What gate_allows asks of an analysis beyond its decision, by the analysis
+# (the gate's caches hand out the same objects for every statement of a
+# shape): (analysis, changes neither prepared statements nor the catalog,
+# sets statement_timeout). The analysis is kept, so its id is not reused
+# while it is here.
+_PLAIN: dict[int, tuple[object, bool, bool]] = {}
+_PLAIN_MAX = 4096
+
+
+def _plain(analysis) -> tuple[object, bool, bool]:
+    memo = _PLAIN.get(id(analysis))
+    if memo is None or memo[0] is not analysis:
+        memo = (analysis, not _changes_prepared(analysis) and not _changes_catalog(analysis),
+                _sets_statement_timeout(analysis))
+        if len(_PLAIN) >= _PLAIN_MAX:
+            _PLAIN.clear()
+        _PLAIN[id(analysis)] = memo
+    return memo
+
+
 class RelayCounters:
     """The ReadyForQuery accounting of one session: client messages that
     the server answers with a ReadyForQuery (``rfq_sent``), ReadyForQuery
@@ -829,9 +849,10 @@ class Relay:
             analysis, decision = self.gate.verdict(raw, self.groups, self.prepared, self.overlay)  # type: ignore[union-attr]
         except Exception:
             return False
-        if (decision.allowed and not decision.shadow and not _changes_prepared(analysis)
-                and not _changes_catalog(analysis)
-                and not (self.approvals and _sets_statement_timeout(analysis))):
+        if not decision.allowed or decision.shadow:
+            return False
+        _, plain, sets_timeout = _plain(analysis)
+        if plain and not (self.approvals and sets_timeout):
             _GATE_SECONDS.observe(_clock() - started)  # a False is timed again on the Python path
             return True
         return False
