@@ -749,7 +749,8 @@ class Reactor:
 
     def _take_done(self) -> None:
         """The statements the cores finished, to the audit writer: one
-        submit per session and slice."""
+        submit per session, every DONE_EVERY while relaying (TRACKED_TICK
+        while idle)."""
         dirty = self._dirty
         for channel in dirty:
             if channel._tracker:
