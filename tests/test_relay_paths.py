@@ -58,8 +58,13 @@ def frame(tag: bytes, body: bytes) -> bytes:
     return tag + struct.pack("!I", len(body) + 4) + body
 
 
-ALLOWED = [b"select 1", b"select abalance from pgbench_accounts where aid = 7", b"show search_path", b"begin", b"commit"]
-DENIED = [b"drop table pgbench_accounts", b"copy t from program 'id'"]
+# Shape-mates (only their literals differ) on both sides of the gate: the C
+# core remembers a shape the gate allowed every statement of (gate_shapes),
+# and must not let a literal-sensitive shape-mate of an allowed one through.
+ALLOWED = [b"select 1", b"select 2", b"select abalance from pgbench_accounts where aid = 7",
+           b"select abalance from pgbench_accounts where aid = 123456", b"show search_path", b"begin", b"commit",
+           b"select set_config('application_name', 'x', false)"]
+DENIED = [b"drop table pgbench_accounts", b"copy t from program 'id'", b"select set_config('role', 'postgres', false)"]
 
 # Frontend frames: everything that moves the count, things the C path passes,
 # and things only Python may handle (Terminate, FunctionCall, an unknown type).
@@ -146,7 +151,8 @@ class _Recorder:
 
 def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False, recorder=None):
     """``recorder``: a real pgjit.gateway.recording.SessionRecorder instead
-    of the _Recorder (audited); the session's end is then recorded too."""
+    of the _Recorder (audited); the session's end is then recorded too.
+    A ("call", fn) step calls fn(session, channel) there."""
     reactor = Reactor(use_core=use_core)
     c_app, c_gw = socket.socketpair()
     u_gw, u_app = socket.socketpair()
@@ -207,6 +213,8 @@ def relay_once(steps, *, use_core: bool, gated: bool, audited: bool = False, rec
         for kind, arg in steps:
             if kind == "drain":
                 drain(arg)
+            elif kind == "call":  # tests: arg(session, channel) between two steps
+                arg(session, relay)
             else:
                 unsent[kind] += arg
             settle()
@@ -297,6 +305,97 @@ def test_refused_query_reply_is_rewritten(use_core):
     marker_bind = out["to upstream"]
     assert b"<marker>" in marker_bind and b"drop table" not in marker_bind
     assert out["pending"][3] == 1  # one reply to rewrite
+
+
+_SELECT_REPLY = frame(b"T", b"\0\0") + frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")
+
+
+def _round_trips(queries):
+    steps = []
+    for q in queries:
+        steps += [("c", _q(q)), ("s", _SELECT_REPLY), ("drain", "cl"), ("drain", "up")]
+    return steps
+
+
+class _GateSpy:
+    """Counts the C core's calls into the gate (attached as a step)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+        self.core = None
+
+    def __call__(self, session, channel) -> None:
+        core = self.core = channel.core
+        allows = core.gate
+
+        def counted(raw):
+            self.calls.append(raw)
+            return allows(raw)
+
+        core.gate = counted
+
+
+@needs_core
+def test_the_core_asks_the_gate_once_per_shape():
+    """pgbench -S inlines a new literal in every Query: the first of the
+    shape goes to the gate, the rest pass on the core's memory of it."""
+    spy = _GateSpy()
+    queries = [b"select abalance from pgbench_accounts where aid = %d" % i for i in range(1, 41)]
+    out = relay_once([("call", spy)] + _round_trips(queries), use_core=True, gated=True)
+    assert out["to upstream"] == b"".join(_q(q) for q in queries)
+    assert out["counters"][:2] == (40, 40)
+    assert spy.calls == [queries[0]]
+    assert spy.core.gate_reused == 39
+
+
+@needs_core
+def test_a_literal_sensitive_shape_mate_of_an_allowed_statement_is_still_refused():
+    """set_config('application_name', …) is allowed, set_config('role', …)
+    is not, and the two have one shape key: the core must not remember the
+    first's verdict for its shape."""
+    spy = _GateSpy()
+    allowed = b"select set_config('application_name', 'x', false)"
+    denied = b"select set_config('role', 'postgres', false)"
+    out = relay_once([("call", spy)] + _round_trips([allowed, allowed, denied]), use_core=True, gated=True)
+    assert out["to upstream"].startswith(_q(allowed) * 2)
+    assert b"'role'" not in out["to upstream"] and b"<marker>" in out["to upstream"]
+    assert spy.core.gate_reused == 0 and spy.calls[:2] == [allowed, allowed]
+
+
+@needs_core
+@pytest.mark.parametrize("change", ["catalog", "ddl", "approvals"])
+def test_what_the_core_remembers_of_the_gate_is_forgotten_when_answers_may_change(change):
+    """A new catalog snapshot, DDL the session ran, or approvals switched
+    on: the next statement of a remembered shape goes to the gate again."""
+    spy = _GateSpy()
+    before = b"select abalance from pgbench_accounts where aid = 1"
+    after = b"select abalance from pgbench_accounts where aid = 2"
+
+    def forget(session, channel) -> None:
+        relay = session.relay
+        assert len(relay.shape_verdicts) == 1
+        if change == "catalog":
+            relay.gate.set_catalog(None)
+        elif change == "ddl":
+            relay._note_ddl(relay.gate.check("create view v as select 1", frozenset())[0])
+        else:
+            relay.enable_approvals()
+        assert len(relay.shape_verdicts) == 0
+
+    steps = [("call", spy)] + _round_trips([before]) + [("call", forget)] + _round_trips([after])
+    out = relay_once(steps, use_core=True, gated=True)
+    assert out["to upstream"] == _q(before) + _q(after)
+    assert spy.calls == [before, after] and spy.core.gate_reused == 0
+
+
+@needs_core
+def test_the_core_remembers_a_bounded_number_of_shapes():
+    spy = _GateSpy()
+    queries = [b"select 1 as c%d" % i for i in range(300)]
+    out = relay_once([("call", spy)] + _round_trips(queries + queries[:5]), use_core=True, gated=True)
+    assert out["counters"][:2] == (305, 305)
+    assert len(spy.core.gate_shapes) == 128  # the first 128: the last 5 Queries are theirs
+    assert spy.calls == queries and spy.core.gate_reused == 5
 
 
 @pytest.mark.parametrize("use_core", [pytest.param(True, marks=needs_core), False], ids=["c", "python"])

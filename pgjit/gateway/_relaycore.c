@@ -274,7 +274,9 @@ tracked_free(Tracked *t)
 typedef struct {
     PyObject_HEAD
     int cfd, ufd;
-    PyObject *gate;        /* gate(sql: bytes) -> bool, for C_GATED frames, or NULL */
+    PyObject *gate;        /* gate(sql: bytes) -> bool | 2, for C_GATED frames, or NULL */
+    PyObject *gate_shapes; /* dict: shape keys the gate allows every statement of (gate_check), or NULL */
+    unsigned long long gate_reused; /* statements let through by gate_shapes */
     unsigned char cmask[256], smask[256];
     unsigned long long cmax, smax;
     long long rfq_sent, rfq_received, syncs_since_execute, copy_base;
@@ -333,6 +335,7 @@ static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->gate);
+    Py_VISIT(self->gate_shapes);
     Py_VISIT(self->log);
     Py_VISIT(self->tls[0].keep);
     Py_VISIT(self->tls[1].keep);
@@ -349,6 +352,7 @@ static int
 Core_clear(Core *self)
 {
     Py_CLEAR(self->gate);
+    Py_CLEAR(self->gate_shapes);
     Py_CLEAR(self->log);
     for (int i = 0; i < 2; i++) {
         self->tls[i].ssl = self->tls[i].rbio = self->tls[i].wbio = NULL;
@@ -434,6 +438,76 @@ static inline uint32_t
 frame_len(const unsigned char *p)
 {
     return ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
+}
+
+/* ------------------------------------------------------------ The gate
+ *
+ * A gated session's Queries (and unnamed Parses) go upstream on this path
+ * only when the gate callback (pgjit.gateway.relay.Relay.gate_allows) says
+ * True. It may say ALLOW_SHAPE (2) instead: every statement with this one's
+ * shape key (shape.h: the text with its literals replaced by "?", where that
+ * is exact) gets the same answer for this session. The core then keeps the
+ * key in gate_shapes (pgjit.policy.gate.ShapeVerdicts, which Python empties
+ * whenever the answers may change: a new catalog, DDL, approvals) and lets
+ * the next statement of that shape through without calling into Python.
+ * Bounded: keys of at most GATE_SHAPE_MAX bytes, GATE_SHAPES_MAX of them. */
+
+#define GATE_SHAPE_MAX 4096
+#define GATE_SHAPES_MAX 128
+
+/* May sql go upstream? 1 yes, 0 no (Python takes the read and decides). */
+static int
+gate_check(Core *c, const unsigned char *sql_at, Py_ssize_t sql_len)
+{
+    PyObject *key = NULL, *shapes = c->gate_shapes;
+    if (shapes != NULL && PyDict_Check(shapes) && sql_len <= GATE_SHAPE_MAX) {
+        unsigned char kb[GATE_SHAPE_MAX];
+        ssize_t k = shape_into(sql_at, sql_len, kb);
+        if (k >= 0) {
+            key = PyBytes_FromStringAndSize((const char *)kb, k);
+            if (key == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            PyObject *hit = PyDict_GetItemWithError(shapes, key); /* borrowed */
+            if (hit != NULL) {
+                Py_DECREF(key);
+                c->gate_reused++;
+                return 1;
+            }
+            if (PyErr_Occurred()) {
+                PyErr_Clear();
+                Py_DECREF(key);
+                return 0;
+            }
+        }
+    }
+    PyObject *sql = PyBytes_FromStringAndSize((const char *)sql_at, sql_len);
+    if (sql == NULL) {
+        PyErr_Clear();
+        Py_XDECREF(key);
+        return 0;
+    }
+    /* The callback runs Python code, which may replace gate and gate_shapes. */
+    PyObject *gate = Py_NewRef(c->gate);
+    Py_XINCREF(shapes);
+    PyObject *verdict = PyObject_CallOneArg(gate, sql);
+    Py_DECREF(gate);
+    Py_DECREF(sql);
+    int ok = verdict == Py_True;
+    if (verdict != NULL && !ok && PyLong_CheckExact(verdict)) {
+        long v = PyLong_AsLong(verdict);
+        ok = v == 2;
+        if (ok && key != NULL && shapes == c->gate_shapes && PyDict_GET_SIZE(shapes) < GATE_SHAPES_MAX &&
+            PyDict_SetItem(shapes, key, Py_True) < 0)
+            ok = 0;
+    }
+    if (verdict == NULL || PyErr_Occurred())
+        PyErr_Clear();
+    Py_XDECREF(verdict);
+    Py_XDECREF(shapes);
+    Py_XDECREF(key);
+    return ok;
 }
 
 /* ------------------------------------------------------------ Statements
@@ -1098,7 +1172,11 @@ static PyMemberDef Core_members[] = {
     {"in_flight", T_INT, offsetof(Core, fl_n), READONLY, "statements the tracker has in flight"},
     {"gate", T_OBJECT, offsetof(Core, gate), 0,
      "gate(sql: bytes) -> bool: True lets a Query through the C path; False (or an exception) hands the "
-     "read to Python, which decides again. It must have no side effects."},
+     "read to Python, which decides again; 2 lets it through and puts its shape key in gate_shapes. It must "
+     "have no side effects."},
+    {"gate_shapes", T_OBJECT, offsetof(Core, gate_shapes), 0,
+     "dict or None: shape keys whose every Query the gate lets through (the core looks there first)"},
+    {"gate_reused", T_ULONGLONG, offsetof(Core, gate_reused), 0, "Queries gate_shapes let through without the gate"},
     {NULL},
 };
 
@@ -1227,25 +1305,8 @@ relay_event(Core *c, int fd, uint32_t ev, unsigned char *b, Py_ssize_t cap, Py_s
             sql_at = body + 1;
             sql_len = nul - sql_at;
         }
-        if (code == C_GATED || code == C_GATED_PARSE) {
-            PyObject *sql = PyBytes_FromStringAndSize((const char *)sql_at, sql_len);
-            if (sql == NULL) {
-                PyErr_Clear();
-                return 0;
-            }
-            PyObject *gate = c->gate;
-            Py_INCREF(gate);
-            PyObject *verdict = PyObject_CallOneArg(gate, sql);
-            Py_DECREF(gate);
-            Py_DECREF(sql);
-            if (verdict != Py_True) {
-                if (verdict == NULL)
-                    PyErr_Clear();
-                Py_XDECREF(verdict);
-                return 0;
-            }
-            Py_DECREF(verdict);
-        }
+        if ((code == C_GATED || code == C_GATED_PARSE) && !gate_check(c, sql_at, sql_len))
+            return 0;
         pos += 1 + (Py_ssize_t)len;
     }
 

@@ -187,6 +187,7 @@ class Channel:
         if core is not None:
             if gated:
                 core.gate = relay.gate_allows
+                core.gate_shapes = relay.shape_verdicts
             old = relay.ctr
             for name in RelayCounters.__slots__:
                 setattr(core, name, getattr(old, name))

@@ -44,7 +44,7 @@ from pgjit.config import LimitsConfig
 from pgjit.gateway.lexstate import lexer_state_problem
 from pgjit.policy import ParseFailure
 from pgjit.policy.facts import merge_facts
-from pgjit.policy.gate import Gate, statement_fingerprint
+from pgjit.policy.gate import Gate, ShapeVerdicts, statement_fingerprint
 from pgjit.policy.model import prepared_facts
 from pgjit.protocol import messages as m
 from pgjit.protocol.framing import scan_watched
@@ -159,17 +159,21 @@ def _changes_prepared(analysis) -> bool:
 # What gate_allows asks of an analysis beyond its decision, by the analysis
 # (the gate's caches hand out the same objects for every statement of a
 # shape): (analysis, changes neither prepared statements nor the catalog,
-# sets statement_timeout). The analysis is kept, so its id is not reused
-# while it is here.
-_PLAIN: dict[int, tuple[object, bool, bool]] = {}
+# sets statement_timeout, every statement of its shape has these facts).
+# The analysis is kept, so its id is not reused while it is here.
+_PLAIN: dict[int, tuple[object, bool, bool, bool]] = {}
+
+#: gate_allows's answer for a statement whose every shape-mate (same shape
+#: key: only its literals differ) the session may send the same way.
+ALLOW_SHAPE = 2
 _PLAIN_MAX = 4096
 
 
-def _plain(analysis) -> tuple[object, bool, bool]:
+def _plain(analysis) -> tuple[object, bool, bool, bool]:
     memo = _PLAIN.get(id(analysis))
     if memo is None or memo[0] is not analysis:
         memo = (analysis, not _changes_prepared(analysis) and not _changes_catalog(analysis),
-                _sets_statement_timeout(analysis))
+                _sets_statement_timeout(analysis), Gate.shareable(analysis))
         if len(_PLAIN) >= _PLAIN_MAX:
             _PLAIN.clear()
         _PLAIN[id(analysis)] = memo
@@ -277,6 +281,11 @@ class Relay:
         # Functions and operators this session created, which the target's
         # catalog snapshot may not show yet (or, inside its transaction, ever).
         self.overlay: dict[str, object] = {}
+        # Shape keys gate_allows answered ALLOW_SHAPE for, which the C core
+        # lets through without asking again (the gate empties it when its
+        # catalog changes; _note_ddl and enable_approvals when this session's
+        # answers change).
+        self.shape_verdicts: ShapeVerdicts | None = gate.shape_verdicts() if gate is not None else None
         # With an audit trail: the statements in flight (pgjit.gateway.statements)
         # and where their records go. Every message the server answers is
         # watched, both ways; what the C core relays of them it logs for
@@ -308,6 +317,8 @@ class Relay:
 
     def enable_approvals(self) -> None:
         self.approvals = True
+        if self.shape_verdicts is not None:
+            self.shape_verdicts.clear()
         self._c_watch = self._c_watch | frozenset((F_BIND,))
 
     @property
@@ -838,12 +849,15 @@ class Relay:
         while ends and self.ctr.rfq_received > ends[0][0]:
             ends.popleft()
 
-    def gate_allows(self, raw: bytes) -> bool:
+    def gate_allows(self, raw: bytes) -> bool | int:
         """For the reactor's C path: may this Query's SQL go upstream with
         nothing more from Python? True only for an allowed statement that
         needs no bookkeeping (prepared statements) and no log line (shadow
-        rules). Anything else is False, and the read takes the Python path,
-        which decides again and does the rest. No side effects."""
+        rules); ALLOW_SHAPE when, besides, every statement of its shape key
+        gets the same answer for this session (the core then remembers the
+        shape in shape_verdicts and asks no more). Anything else is False,
+        and the read takes the Python path, which decides again and does
+        the rest. No side effects."""
         started = _clock()
         try:
             analysis, decision = self.gate.verdict(raw, self.groups, self.prepared, self.overlay)  # type: ignore[union-attr]
@@ -851,10 +865,10 @@ class Relay:
             return False
         if not decision.allowed or decision.shadow:
             return False
-        _, plain, sets_timeout = _plain(analysis)
+        _, plain, sets_timeout, shareable = _plain(analysis)
         if plain and not (self.approvals and sets_timeout):
             _GATE_SECONDS.observe(_clock() - started)  # a False is timed again on the Python path
-            return True
+            return ALLOW_SHAPE if shareable and not self.overlay else True
         return False
 
     def gate_statement(self, raw: bytes, parse_name: str | None, *, startup: bool = False) -> PgjitError | None:
@@ -1000,6 +1014,8 @@ class Relay:
         """DDL let through: the catalog snapshot is out of date. Remember the
         functions and operators it creates (their facts were just checked) until
         a fresh snapshot has them, and ask for one."""
+        if self.shape_verdicts is not None:
+            self.shape_verdicts.clear()  # decided under the catalog as it was
         for f in analysis.statements:
             for name in f.created:
                 facts = _created_facts(f, name)

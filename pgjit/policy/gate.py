@@ -25,6 +25,7 @@ trio.
 from __future__ import annotations
 
 import re
+import weakref
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping
 
@@ -156,6 +157,19 @@ def statement_fingerprint(raw: bytes) -> str | None:
         return None
 
 
+class ShapeVerdicts(dict):
+    """One session's shape keys whose every statement the gate allows with
+    nothing more to do (pgjit.gateway.relay.Relay.gate_allows): the relay
+    core looks a Query's shape key up here before it calls into Python
+    (_relaycore.c, gate_shapes). Only shapes whose analysis is
+    literal-insensitive (the condition of the gate's own shape cache) go in,
+    so every statement of a shape has its verdict. The gate empties every
+    session's when its catalog changes; the session empties its own when
+    its overlay or its approvals change what the gate would say."""
+
+    __slots__ = ("__weakref__",)
+
+
 class Gate:
     """A policy plus the caches that make checking cheap. One per target,
     shared by its sessions so that they warm each other's caches."""
@@ -170,6 +184,21 @@ class Gate:
         self._fp_decisions = _Bounded(cache_size)  # (fingerprint, groups) -> decision
         self._by_shape = _Bounded(cache_size)  # (shape key, groups) -> (analysis, decision)
         self.hits = self.shape_hits = self.fingerprint_hits = self.misses = 0
+        self._sessions: weakref.WeakValueDictionary[int, ShapeVerdicts] = weakref.WeakValueDictionary()
+        self._session_no = 0
+
+    def shape_verdicts(self) -> ShapeVerdicts:
+        """A session's own (empty) ShapeVerdicts, emptied with the caches."""
+        verdicts = ShapeVerdicts()
+        self._session_no += 1
+        self._sessions[self._session_no] = verdicts
+        return verdicts
+
+    @staticmethod
+    def shareable(analysis: Analysis) -> bool:
+        """Whether every statement of ``analysis``'s shape key has its
+        facts (literal-insensitive: what the shape cache keeps)."""
+        return _fingerprint_safe(analysis)
 
     def set_catalog(self, catalog: Catalog | None) -> None:
         """Decide from now on with ``catalog`` (a fresh snapshot): every cached
@@ -177,6 +206,8 @@ class Gate:
         self.resolver = Resolver(catalog) if catalog is not None else None
         for cache in (self._by_bytes, self._analyses, self._fp_decisions, self._by_shape):
             cache.clear()
+        for verdicts in list(self._sessions.values()):
+            verdicts.clear()
 
     @property
     def catalog(self) -> Catalog | None:
