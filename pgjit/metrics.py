@@ -155,6 +155,10 @@ class _GatewayState(Collector):
         if "audit_queue" in state:
             yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store",
                                     value=state["audit_queue"])
+        yield CounterMetricFamily(
+            "pgjit_gate_reused",
+            "Queries the relay core let through on the verdict the gate gave earlier in the session for their "
+            "shape (literals aside); not timed in pgjit_gate_seconds", value=state.get("gate_reused", 0))
         yield GaugeMetricFamily("pgjit_buffered_bytes", "Bytes held in incomplete client messages, all sessions (limits.max_buffered)",
                                 value=state["buffered"])
 

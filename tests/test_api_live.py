@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgjit.gateway import reactor as reactor_mod
+
 from tests.gateway_fixtures import start_gateway
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,10 @@ def test_metrics_move_by_what_a_session_did(pg, tmp_path):
         with psycopg.connect(gw.dsn(), autocommit=True) as conn:
             for sql in allowed:
                 conn.execute(sql)
+            # Shape-mates of "select 1": the relay core lets them through on
+            # the gate's verdict for the shape, counted apart (when it runs).
+            conn.execute("select 2")
+            conn.execute("select 3")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("drop table customers")
             # While the session is open it is counted as active on its target.
@@ -79,6 +85,7 @@ def test_metrics_move_by_what_a_session_did(pg, tmp_path):
         # in autocommit).
         assert moved("pgjit_gate_seconds_count") == len(allowed) + 1
         assert moved("pgjit_gate_seconds_sum") > 0
+        assert moved("pgjit_gate_reused_total") == (2 if reactor_mod.c_core_enabled() else 0)
         assert moved("pgjit_connect_seconds_count") == 1
         assert after['pgjit_upstream_up{target="appdb"}'] == 1
         # No label carries a user name or SQL.

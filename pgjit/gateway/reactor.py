@@ -229,6 +229,7 @@ class Channel:
             self.closed = True
             if self.core is not None:
                 self.core.gate = None  # the bound method refers back to the session
+                self.reactor._gate_reused_closed += self.core.gate_reused
             self.reactor._unregister(self)
             self._done.set()
 
@@ -639,6 +640,13 @@ class Reactor:
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
         self._degraded = False
+        self._gate_reused_closed = 0  # Core.gate_reused of the sessions that ended
+
+    @property
+    def gate_reused(self) -> int:
+        """Queries the C cores let through on a verdict the gate gave for
+        their shape earlier in the session (pgjit_gate_reused_total)."""
+        return self._gate_reused_closed + sum(c.gate_reused for c in {id(c): c for c in self._cores.values()}.values())
 
     @property
     def _buf(self) -> bytearray:

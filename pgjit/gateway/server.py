@@ -338,6 +338,7 @@ class Gateway:
             "jit_roles": {name: len(b.live) for name, b in self.brokers.items()},
             "upstream_up": {name: bool(up) for name, up in self.upstream_up.items()},
             "buffered": self.buffered,
+            "gate_reused": self.reactor.gate_reused if self.reactor is not None else 0,
             **({"audit_queue": self.writer.depth} if self.writer is not None else {}),
             **({"approvals_held": self.approvals.held} if self.approvals is not None else {}),
         }
