@@ -153,7 +153,7 @@ class _GatewayState(Collector):
             yield GaugeMetricFamily("pgjit_approvals_held", "Statements held on the wire for an approval now (this process)",
                                     value=state["approvals_held"])
         if "audit_queue" in state:
-            yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store",
+            yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store (the relay core's included)",
                                     value=state["audit_queue"])
         yield CounterMetricFamily(
             "pgjit_gate_reused",

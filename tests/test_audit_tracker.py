@@ -184,3 +184,20 @@ def test_the_cores_duration_text_is_pythons_repr(us):
     whole, frac = divmod(us, 1000)
     text = f"{whole}." + (f"{frac:03d}".rstrip("0") or "0")
     assert json.dumps(us / 1000) == text
+
+
+@needs_core
+def test_the_queue_depth_counts_the_records_the_core_holds():
+    """pgjit_audit_queue_depth adds the statements whose records the C core
+    holds (in flight, or finished and not yet taken) to the writer's queue."""
+    seen = []
+
+    def depth(session, channel) -> None:
+        seen.append(channel.reactor.tracked_records)
+
+    steps = [("call", depth), ("c", frame(b"Q", b"select 1\0") + frame(b"Q", b"select 2\0")), ("call", depth),
+             ("s", frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")), ("drain", "cl"), ("call", depth),
+             ("s", frame(b"C", b"SELECT 1\0") + frame(b"Z", b"I")), ("drain", "cl"), ("call", depth)]
+    _, statements, _ = recorded(steps, use_core=True, gated=False)
+    assert len(statements) == 2
+    assert seen == [0, 2, 1, 0]

@@ -1170,6 +1170,8 @@ static PyMemberDef Core_members[] = {
     {"track", T_BOOL, offsetof(Core, track), 0, "the core tracks simple Queries (set_tracker; Python's queue is empty)"},
     {"seq", T_LONGLONG, offsetof(Core, seq), 0, "the session's last statement number"},
     {"in_flight", T_INT, offsetof(Core, fl_n), READONLY, "statements the tracker has in flight"},
+    {"done_count", T_LONGLONG, offsetof(Core, done_n), READONLY,
+     "statements the tracker finished whose entries wait in done for take_done"},
     {"gate", T_OBJECT, offsetof(Core, gate), 0,
      "gate(sql: bytes) -> bool: True lets a Query through the C path; False (or an exception) hands the "
      "read to Python, which decides again; 2 lets it through and puts its shape key in gate_shapes. It must "

@@ -643,6 +643,13 @@ class Reactor:
         self._gate_reused_closed = 0  # Core.gate_reused of the sessions that ended
 
     @property
+    def tracked_records(self) -> int:
+        """Statements the C cores hold the records of (finished, not handed
+        to the writer yet, or still running): pgjit_audit_queue_depth."""
+        cores = {id(c): c for ch in self._relays.values() if ch._tracker and (c := ch.core) is not None}
+        return sum(c.done_count + c.in_flight for c in cores.values())
+
+    @property
     def gate_reused(self) -> int:
         """Queries the C cores let through on a verdict the gate gave for
         their shape earlier in the session (pgjit_gate_reused_total)."""
