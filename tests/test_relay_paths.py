@@ -527,3 +527,4 @@ def test_a_failed_session_keeps_no_view_of_the_shared_buffer(use_core):
             relay.close()
             for s in socks:
                 s.close()
+
