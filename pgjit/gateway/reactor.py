@@ -646,14 +646,13 @@ class Reactor:
     def tracked_records(self) -> int:
         """Statements the C cores hold the records of (finished, not handed
         to the writer yet, or still running): pgjit_audit_queue_depth."""
-        cores = {id(c): c for ch in self._relays.values() if ch._tracker and (c := ch.core) is not None}
-        return sum(c.done_count + c.in_flight for c in cores.values())
+        return sum(ch.core.done_count + ch.core.in_flight for ch in set(self._relays.values()) if ch._tracker)
 
     @property
     def gate_reused(self) -> int:
         """Queries the C cores let through on a verdict the gate gave for
         their shape earlier in the session (pgjit_gate_reused_total)."""
-        return self._gate_reused_closed + sum(c.gate_reused for c in {id(c): c for c in self._cores.values()}.values())
+        return self._gate_reused_closed + sum(c.gate_reused for c in set(self._cores.values()))
 
     @property
     def _buf(self) -> bytearray:
