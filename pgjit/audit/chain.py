@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -68,6 +69,23 @@ _encode = _make_encode()
 def canonical(record: dict[str, Any]) -> bytes:
     """The reference form (verify, exports): FIELDS as sorted-key JSON."""
     return _encode({k: record.get(k) for k in FIELDS}).encode("utf-8")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (text that was
+    not UTF-8: a token's claim may hold one as a JSON escape) made U+FFFD,
+    as statement texts are: what the store can hold and the hash covers."""
+    t = type(value)
+    if t is str:
+        return _SURROGATE.sub("\ufffd", value)
+    if t is dict:
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [scrub(v) for v in value]
+    return value
 
 
 def body_json(body: Any) -> str:
@@ -119,13 +137,13 @@ class Chainer:
         """Number and hash ``record``; its body's canonical JSON is left in
         ``record["body_json"]`` for the store (or taken from there when the
         writer made it already and left ``body`` None: pgjit.audit.writer)."""
-        self.seq += 1
-        record["chain"], record["seq"] = self.chain, self.seq
+        record["chain"], record["seq"] = self.chain, self.seq + 1
         record["prev"] = self.last
         body = record.get("body_json") if record.get("body") is None else None
         if body is None:
             body = record["body_json"] = _encode(record.get("body"))
-        digest = hashlib.sha256(self._last + canonical_with(record, body))
+        digest = hashlib.sha256(self._last + canonical_with(record, body))  # UnicodeEncodeError: nothing sealed
+        self.seq += 1
         self._last = digest.digest()
         record["hash"] = self.last = digest.hexdigest()
         return record

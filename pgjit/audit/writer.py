@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import json
 
-from pgjit.audit.chain import Chainer, body_json, write_jsonl
+from pgjit.audit.chain import Chainer, body_json, scrub, write_jsonl
 from pgjit.audit.errors import short_error
 
 log = logging.getLogger("pgjit.audit.writer")
@@ -149,12 +149,15 @@ class Writer:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._inflight: list[dict[str, Any]] = []
+        self._inflight_items = 0  # queue entries the batch in _inflight holds
+        self.items_stored = 0  # queue entries whose records are in the store (pgjit.audit.process acks them)
         self._sealing = 0  # 1 while _take has records off the queue that are not in _inflight yet
         # A live copy for a SIEM: every record the store took, as one JSON
         # line (the export's fields), appended to this file.
         self.sink = sink
         self._sink_file: Any = None
         self.on_error: Callable[[], None] | None = None  # called (in the writer's thread) on each failed write
+        self.on_written: Callable[[], None] | None = None  # called (in the writer's thread) after each batch stored
 
     @property
     def chain(self) -> str:
@@ -236,7 +239,7 @@ class Writer:
             if not self._inflight:
                 self._sealing = 1
                 try:
-                    self._inflight = self._take(closing)
+                    self._inflight, self._inflight_items = self._take(closing)
                 finally:
                     self._sealing = 0
             if not self._inflight:
@@ -262,9 +265,13 @@ class Writer:
             self.failing = False
             backoff = 0.05
             self.written += len(self._inflight)
+            self.items_stored += self._inflight_items
             if self.sink is not None:
                 self._to_sink(self._inflight)
             self._inflight = []
+            self._inflight_items = 0
+            if self.on_written is not None:
+                self.on_written()
 
     def _to_sink(self, rows: list[dict[str, Any]]) -> None:
         try:
@@ -279,8 +286,9 @@ class Writer:
             log.warning("audit sink write failed", extra={"sink": self.sink, "error": str(e)})
             self._sink_file = None
 
-    def _take(self, closing: bool) -> list[dict[str, Any]]:
-        """The next batch, sealed into the chain, with checkpoints where due.
+    def _take(self, closing: bool) -> tuple[list[dict[str, Any]], int]:
+        """The next batch, sealed into the chain, with checkpoints where due,
+        and how many queue entries it took.
 
         The statements of one session in a batch are written as one
         ``statements`` record (at the place of the first), its body a list
@@ -375,7 +383,12 @@ class Writer:
                     # its one key), and its structure only when a sink wants it.
                     r["body_json"] = '{"statements":[' + ",".join(entries) + "]}"
                     r["body"] = None
-            out.append(chainer.seal(r))
+            try:
+                out.append(chainer.seal(r))
+            except UnicodeEncodeError:  # a lone surrogate somewhere in it: U+FFFD instead
+                if r.get("body") is not None:
+                    r.pop("body_json", None)  # made again from the scrubbed body
+                out.append(chainer.seal(scrub(r)))
             if not len(out) % YIELD_EVERY:
                 time.sleep(0)
             self._since_checkpoint += 1
@@ -384,7 +397,7 @@ class Writer:
         due = self._since_checkpoint and time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
         if due or (closing and not q and (self._since_checkpoint or chainer.seq == 0)):
             out.append(self._checkpoint(final=closing and not q))
-        return out
+        return out, n
 
     def _checkpoint(self, *, final: bool = False) -> dict[str, Any]:
         self._since_checkpoint = 0

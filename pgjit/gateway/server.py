@@ -42,22 +42,24 @@ _EXCESS_ALLOWANCE = 64
 
 
 def open_audit(config: Config):  # type: ignore[no-untyped-def]
-    """The audit writer for ``config`` (audit section present), started.
+    """The audit writer for ``config`` (audit section present), started: a
+    process of its own (pgjit.audit.process), off the relay's GIL.
     An SQLite store (this gateway's own file) is created or migrated here; a
     PostgreSQL one must be current already (``pgjit store upgrade``: a
     migration of a shared store is an operator's step). Raises
     pgjit.audit.store.StoreError when the store cannot be used."""
+    from pgjit.audit.process import ProcessWriter
     from pgjit.audit.store import Store, upgrade
-    from pgjit.audit.writer import Writer
 
     assert config.store is not None and config.audit is not None
     url = config.store.url
     if url.startswith("sqlite:"):
         upgrade(url)
-    store = Store(url)
+    Store(url).close()  # usable, at the right revision: StoreError here, before anything listens
     a = config.audit
-    writer = Writer(store, a.checkpoint_key, capacity=a.buffer, checkpoint_every=a.checkpoint_every,
-                    checkpoint_seconds=a.checkpoint_seconds, sink=a.sink)
+    writer = ProcessWriter(url, a.checkpoint_key, capacity=a.buffer, checkpoint_every=a.checkpoint_every,
+                           checkpoint_seconds=a.checkpoint_seconds, sink=a.sink, log_level=config.log.level,
+                           log_file=config.log.file)
     writer.on_error = metrics.AUDIT_STORE_ERRORS.inc
     return writer.start()
 

@@ -233,10 +233,10 @@ def test_statements_of_a_session_are_grouped_per_batch(store_url):
     w.submit(Deferred(statement, "s1", 2))
     w.submit(Deferred(broken))
     w.submit(Deferred(statement, "s1", 3))
-    store.append(w._take(False))
+    store.append(w._take(False)[0])
     w.submit(Deferred(result, "s1", 2))
     w.submit(Deferred(result, "s2", 1))
-    store.append(w._take(True))
+    store.append(w._take(True)[0])
     rows = list(store.records())
     store.close()
     kinds = [(r["kind"], r["session_id"]) for r in rows]
@@ -275,7 +275,7 @@ def test_a_search_since_a_time_finds_every_statements_record_with_an_entry_since
         d = Deferred(statement, seq)
         d.at = t
         w.submit(d)
-    store.append(w._take(True))
+    store.append(w._take(True)[0])
     since = iso_utc(base + 1.0)
     found = [r for r in store.records(since=since) if r["kind"] == "statements"]
     store.close()

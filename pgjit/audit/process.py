@@ -1,0 +1,472 @@
+"""The audit writer in a process of its own.
+
+The gateway's relay is one Python thread; the writer's work (sealing each
+record into the hash chain, SHA-256 over its JSON, the store's inserts) is
+a few microseconds per statement. In a thread of the gateway's process it
+shares the GIL with the relay, and every time it holds it the relay waits:
+on pgbench -S, 8 clients, the audit cost 21 % of TPS although the writer's
+own work was under 4 % of a core (BENCHMARKS.md, "Audit"). Here it runs in
+a child process (``python -m pgjit.audit.process``), the same Writer
+(pgjit.audit.writer) on the same Store, and the gateway keeps only what
+must stay with the statements: the bounded queue, and a sender thread that
+every ``interval`` (or when a batch's worth waits) takes the queue, builds
+the Deferred records (they refer to live Statements), and writes them down
+a pipe in one write.
+
+ProcessWriter has the Writer's interface (submit, flush, close, depth,
+failing, store_errors, written, last_error, chain, on_error), so the
+gateway cannot tell them apart. What it adds:
+
+- **Acknowledgements.** The child writes a status line (JSON) after each
+  batch it stored or failed to store: the queue entries it has stored so
+  far, its errors, whether it is failing. ``depth`` is what is queued here
+  plus what was sent and not yet acknowledged; ``submit`` refuses (fail
+  closed) once that reaches ``capacity``, as the thread writer does while
+  the store is down.
+- **A child that dies** (killed, out of memory) is started again, with a
+  new chain (the old one ends without a final checkpoint, as a gateway
+  crash leaves it), and everything sent to it and not acknowledged is sent
+  to the new one. A record stored by the old child in the instant between
+  its insert and its acknowledgement is then stored twice, each copy in
+  its own chain: possibly twice, never lost. While no child runs the
+  writer is ``failing`` (readiness, metrics) and the queue fills.
+- **Shutdown.** ``close`` sends what is queued and then an end frame; the
+  child writes the rest and the final checkpoint and exits. A child whose
+  pipe closes without an end frame (the gateway died) does the same.
+
+The wire between them is frames: a type byte, a 4-byte big-endian length,
+the payload. To the child: ``I`` (first, once: the settings as JSON,
+checkpoint key included: never on a command line), ``D`` (a record, JSON),
+``E`` (a core's Entries: a JSON header line, then their JSON as it is),
+``X`` (end). From the child: one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import json
+import logging
+import os
+import secrets
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from pgjit.audit.errors import short_error
+from pgjit.audit.writer import AuditUnavailable, Deferred, Entries
+
+log = logging.getLogger("pgjit.audit.process")
+
+_LEN = struct.Struct(">I")
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # ASCII: lone surrogates survive the pipe
+
+#: How long start() waits for the child to say it is up.
+START_TIMEOUT = 30.0
+#: The longest wait between two attempts to start a child that died.
+RESPAWN_MAX = 5.0
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + _LEN.pack(len(payload)) + payload
+
+
+class ProcessWriter:
+    """The gateway's side of the audit writer process (module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: bytes,
+        *,
+        capacity: int = 100_000,
+        batch: int = 1000,
+        interval: float = 0.05,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 10.0,
+        retry_max: float = 5.0,
+        sink: str | None = None,
+        log_level: str = "info",
+        log_file: str | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.url = url
+        self.key = key
+        self.capacity = capacity
+        self.batch = batch
+        self.interval = interval
+        self.settings = {"checkpoint_every": checkpoint_every, "checkpoint_seconds": checkpoint_seconds,
+                         "retry_max": retry_max, "sink": sink, "batch": batch, "log_level": log_level,
+                         "log_file": log_file}
+        self.sink = sink
+        self.python = python or sys.executable
+        self._queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._close_deadline = 0.0
+        self._urgent = False
+        self._taking = 0  # entries the sender took off the queue and has not counted as sent yet
+        # Every entry sent gets the next number (from 0); the child's
+        # acknowledgements count entries stored, in the order sent.
+        self._sent = 0
+        self._acked = 0
+        # What was sent and not acknowledged: (number of its first entry,
+        # the bytes sent, each entry's offset in them), for a child that dies.
+        self._unacked: collections.deque[tuple[int, bytes, array.array]] = collections.deque()
+        self._lock = threading.Lock()  # _unacked, _acked and the child, between the sender and the receiver
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._child_errors = 0  # the current child's store errors so far (its own count)
+        self._child_base = 0  # the number of the first entry the current child was sent
+        self._chain = ""
+        self._sender: threading.Thread | None = None
+        self._receiver: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.children = 0  # children started (1 unless one died)
+        self.written = 0
+        self.store_errors = 0
+        self.failing = False
+        self.last_error = ""
+        self.on_error: Callable[[], None] | None = None
+
+    # ----------------------------------------------------------- the API
+
+    @property
+    def chain(self) -> str:
+        """The current child's chain."""
+        return self._chain
+
+    @property
+    def depth(self) -> int:
+        """Entries queued here, or sent and not yet in the store."""
+        return len(self._queue) + self._taking + self._sent - self._acked
+
+    def start(self) -> "ProcessWriter":
+        with self._lock:
+            self._spawn()
+        self._sender = threading.Thread(target=self._send_loop, name="pgjit-audit-sender", daemon=True)
+        self._sender.start()
+        return self
+
+    def submit(self, record: dict[str, Any] | Deferred | Entries, *, force: bool = False) -> None:
+        """As Writer.submit: queue one record (no I/O); raises
+        AuditUnavailable when ``capacity`` entries wait, unless ``force``."""
+        q = self._queue
+        if not force and len(q) + self._taking + self._sent - self._acked >= self.capacity:
+            raise AuditUnavailable(
+                f"the audit store cannot be written ({self.last_error or 'writes are behind'}) "
+                f"and {self.capacity} records are waiting"
+            )
+        if type(record) is dict and "at" not in record:
+            record["at"] = time.time()
+        q.append(record)
+        if len(q) == self.batch:
+            with self._wake:
+                self._wake.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is in the store."""
+        deadline = time.monotonic() + timeout
+        while self.depth:
+            with self._wake:
+                self._urgent = True
+                self._wake.notify()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Send what is queued, end the child (it writes the rest and a
+        final checkpoint); True when all of it reached the store in time."""
+        deadline = self._close_deadline = time.monotonic() + timeout
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._sender is not None:
+            self._sender.join(max(0.0, deadline - time.monotonic()))
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("the audit writer process did not finish in time; stopping it",
+                          extra={"queued": self.depth, "error": self.last_error})
+                proc.kill()
+                proc.wait()
+        self._stopped.set()
+        if self._receiver is not None:
+            self._receiver.join(max(0.1, deadline - time.monotonic()))
+        return not self.depth and proc is not None and proc.returncode == 0
+
+    # ------------------------------------------------------- the child
+
+    def _end_frame(self) -> bytes:
+        """The end, with how long the child may take to write the rest."""
+        left = max(1.0, self._close_deadline - time.monotonic())
+        return _frame(b"X", f"{left:.3f}".encode())
+
+    def _spawn(self) -> None:
+        """Start a child (self._lock held) and send it the settings."""
+        self._chain = secrets.token_hex(16)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.Popen([self.python, "-m", "pgjit.audit.process"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, bufsize=0, env=env, close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        init = dict(self.settings, url=self.url, key=self.key.hex(), chain=self._chain)
+        try:
+            proc.stdin.write(_frame(b"I", _dumps(init).encode()))
+        except OSError:
+            pass  # it died at once: the receiver sees it
+        hello = proc.stdout.readline()  # the child is up (or says why not)
+        status = json.loads(hello) if hello.startswith(b"{") else {"fatal": "exited while starting"}
+        if "fatal" in status:
+            proc.kill()
+            proc.wait()
+            from pgjit.audit.store import StoreError
+
+            raise StoreError(f"the audit writer process could not start: {status['fatal']}")
+        self._proc = proc
+        self._child_base = self._acked
+        self._child_errors = 0
+        self.children += 1
+        self._receiver = threading.Thread(target=self._receive, args=(proc,), name="pgjit-audit-receiver", daemon=True)
+        self._receiver.start()
+
+    def _receive(self, proc: subprocess.Popen[bytes]) -> None:
+        """The child's status lines, until it exits; then a new child if
+        this one died (not closing)."""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                status = json.loads(line)
+            except ValueError:
+                continue
+            self._status(status)
+        rc = proc.wait()
+        if self._closing:
+            return  # close() says whether all of it was written
+        self.failing = True
+        self.last_error = f"the audit writer process exited (code {rc})"
+        log.error("the audit writer process exited; starting another", extra={"code": rc, "queued": self.depth})
+        backoff = 0.1
+        while not self._stopped.is_set():
+            try:
+                with self._lock:
+                    self._spawn()
+                    for first, data, offsets in self._unacked:  # what the dead child may not have stored
+                        skip = self._acked - first
+                        part = data[offsets[skip]:] if skip > 0 else data
+                        self._proc.stdin.write(part)  # type: ignore[union-attr]
+                    if self._closing:
+                        self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
+                        self._proc.stdin.close()  # type: ignore[union-attr]
+                return
+            except Exception as e:  # StoreError, OSError
+                self.last_error = f"the audit writer process cannot be started: {short_error(e)}"
+                log.error("the audit writer process cannot be started", extra={"error": self.last_error})
+                self._stopped.wait(backoff)
+                backoff = min(RESPAWN_MAX, backoff * 2)
+
+    def _status(self, status: dict[str, Any]) -> None:
+        errors = int(status.get("errors", 0))
+        with self._lock:
+            stored = self._child_base + int(status.get("stored", 0))
+            if stored > self._acked:
+                self._acked = stored
+                u = self._unacked
+                while u and u[0][0] + len(u[0][2]) <= stored:
+                    u.popleft()
+            new_errors = errors - self._child_errors
+            self._child_errors = errors
+        self.written += int(status.get("written_delta", 0))
+        if new_errors > 0:
+            self.store_errors += new_errors
+            if self.on_error is not None:
+                for _ in range(new_errors):
+                    self.on_error()
+        self.failing = bool(status.get("failing"))
+        if status.get("last_error"):
+            self.last_error = status["last_error"]
+
+    # ------------------------------------------------------- the sender
+
+    def _send_loop(self) -> None:
+        last = 0.0
+        while True:
+            with self._wake:
+                left = self.interval - (time.monotonic() - last)
+                while left > 0 and len(self._queue) < self.batch and not self._closing and not self._urgent:
+                    self._wake.wait(timeout=left)
+                    left = self.interval - (time.monotonic() - last)
+                self._urgent = False
+                closing = self._closing
+            last = time.monotonic()
+            while self._queue:
+                self._send(self._take())
+            if closing:
+                with self._lock:
+                    try:
+                        self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
+                        self._proc.stdin.close()  # type: ignore[union-attr]
+                    except OSError:
+                        pass  # the child died: the receiver starts another, which is sent the end
+                return
+
+    def _take(self) -> tuple[bytes, array.array]:
+        """What is queued (at most a few batches), encoded: one write."""
+        q = self._queue
+        n = min(len(q), 8 * self.batch)
+        self._taking = n
+        parts: list[bytes] = []
+        offsets = array.array("I")
+        at = 0
+        for _ in range(n):
+            r = q.popleft()
+            t = type(r)
+            if t is Entries:
+                head = _dumps([r.session_id, r.person, r.target, r.count, r.at_us]).encode()
+                body = r.json.encode("utf-8", "surrogatepass")
+                frame = b"E" + _LEN.pack(len(head) + 1 + len(body)) + head + b"\n" + body
+            else:
+                if t is not dict:
+                    try:
+                        r = r.build()
+                    except Exception as e:  # a bug: say so in the trail itself rather than stop writing
+                        log.exception("an audit record could not be built")
+                        r = {"kind": "record_error", "at": r.at, "session_id": None, "person": None,
+                             "target": None, "decision": None, "body": {"error": short_error(e)}}
+                payload = _dumps(r).encode()
+                frame = b"D" + _LEN.pack(len(payload)) + payload
+            offsets.append(at)
+            at += len(frame)
+            parts.append(frame)
+        return b"".join(parts), offsets
+
+    def _send(self, chunk: tuple[bytes, array.array]) -> None:
+        data, offsets = chunk
+        with self._lock:
+            first = self._sent
+            self._unacked.append((first, data, offsets))
+            self._sent += len(offsets)
+            self._taking = 0
+            proc = self._proc
+        try:
+            proc.stdin.write(data)  # type: ignore[union-attr]  # blocks while the child is behind: the GIL is free meanwhile
+        except (OSError, ValueError):
+            pass  # the child died: the receiver starts another and sends it what is unacknowledged
+
+
+# ------------------------------------------------------------ the child
+
+
+def _read_frames(stream: Any):  # type: ignore[no-untyped-def]
+    """(type, payload) from ``stream`` until it ends."""
+    buf = bytearray()
+    pos = 0
+    while True:
+        data = stream.read1(1 << 20) if hasattr(stream, "read1") else stream.read(1 << 20)
+        if not data:
+            return
+        buf += data
+        frames = []
+        while len(buf) - pos >= 5:
+            n = _LEN.unpack_from(buf, pos + 1)[0]
+            if len(buf) - pos - 5 < n:
+                break
+            frames.append((buf[pos:pos + 1], bytes(buf[pos + 5:pos + 5 + n])))
+            pos += 5 + n
+        del buf[:pos]
+        pos = 0
+        yield frames
+
+
+def child_main() -> int:
+    """``python -m pgjit.audit.process``: frames on stdin, status on stdout."""
+    # The gateway ends this process (an end frame, or its pipe closing): a
+    # Ctrl-C or a SIGTERM to the process group must not lose what is queued.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stdin = sys.stdin.buffer
+    out = sys.stdout.buffer
+    out_lock = threading.Lock()
+
+    def say(status: dict[str, Any]) -> None:
+        with out_lock:
+            try:
+                out.write(json.dumps(status).encode() + b"\n")
+                out.flush()
+            except (OSError, ValueError):
+                pass  # the gateway is gone: the records still go to the store
+
+    frames = _read_frames(stdin)
+    first = next(frames, [])
+    if not first or first[0][0] != b"I":
+        say({"fatal": "no settings"})
+        return 2
+    init = json.loads(first[0][1])
+    from pgjit import logs
+
+    logs.configure(init.get("log_level") or "info", init.get("log_file"))
+    try:
+        from pgjit.audit.store import Store
+        from pgjit.audit.writer import Writer
+
+        store = Store(init["url"])
+        writer = Writer(store, bytes.fromhex(init["key"]), chain=init["chain"], capacity=1 << 62,
+                        batch=int(init["batch"]), interval=0.05, checkpoint_every=int(init["checkpoint_every"]),
+                        checkpoint_seconds=float(init["checkpoint_seconds"]), retry_max=float(init["retry_max"]),
+                        sink=init.get("sink"))
+    except Exception as e:
+        say({"fatal": short_error(e)})
+        return 2
+    written = [0]
+
+    def report() -> None:
+        delta = writer.written - written[0]
+        written[0] = writer.written
+        say({"stored": writer.items_stored, "written_delta": delta, "errors": writer.store_errors,
+             "failing": writer.failing, "last_error": writer.last_error})
+
+    writer.on_written = report
+    writer.on_error = report
+    writer.start()
+    say({"ready": True})
+    submit = writer.submit
+    rest = first[1:]
+    ended = False
+    close_timeout = 60.0  # the gateway died (its pipe closed without an end frame)
+    pending = [rest] if rest else []
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield from pending
+        yield from frames
+
+    for chunk in chunks():
+        for kind, payload in chunk:
+            if kind == b"D":
+                submit(json.loads(payload), force=True)
+            elif kind == b"E":
+                nl = payload.index(b"\n")
+                sid, person, target, count, at_us = json.loads(payload[:nl])
+                submit(Entries(sid, person, target, payload[nl + 1:].decode("utf-8", "surrogatepass"), count, at_us),
+                       force=True)
+            elif kind == b"X":
+                ended = True
+                if payload:
+                    close_timeout = float(payload)
+        writer._hurry()  # what came in one read is written now, not after another interval
+        if ended:
+            break
+    ok = writer.close(timeout=close_timeout)
+    report()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -1,0 +1,219 @@
+"""The audit writer in its own process (pgjit.audit.process): the same trail
+as the thread writer, on both stores; a store outage fails closed and loses
+nothing; a writer process that dies is replaced and loses nothing; a
+gateway that dies leaves what it sent written and the chain closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pgjit.audit import store as st
+from pgjit.audit.chain import verify
+from pgjit.audit.process import ProcessWriter
+from pgjit.audit.writer import AuditUnavailable, Deferred, Entries, Writer
+
+from tests.audit.conftest import KEY
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _test_record(i: int) -> dict:
+    return {"kind": "test_record", "session_id": "s" + str(i % 3), "person": "alice@example.com",
+            "target": "appdb", "decision": "allow", "body": {"text": f"select {i}", "rows": 1}}
+
+
+def _statement(sid: str, seq: int) -> dict:
+    return {"kind": "statement", "session_id": sid, "person": "bob", "target": "appdb", "decision": "allow",
+            "body": {"seq": seq, "text": f"select {seq}", "protocol": "extended", "rule": None,
+                     "fingerprint": "ab", "policy_hash": "ph", "bytes": 10}}
+
+
+def _result(sid: str, seq: int) -> dict:
+    return {"kind": "statement_result", "session_id": sid, "person": "bob", "target": "appdb", "decision": None,
+            "body": {"seq": seq, "outcome": "ok", "rows": 1, "sqlstate": None, "duration_ms": 0.5}}
+
+
+def _mixed(w) -> None:  # type: ignore[no-untyped-def]
+    """One of each thing the gateway submits, at fixed times."""
+    at = 1_800_000_000.0
+    for i in range(40):
+        r = _test_record(i)
+        r["at"] = at + i
+        w.submit(r)
+    for seq in range(1, 30):
+        s, res = _statement("s9", seq), _result("s9", seq)
+        s["at"] = res["at"] = at + 100 + seq
+        w.submit(s)
+        d = Deferred(lambda r=res: dict(r))
+        d.at = res["at"]
+        w.submit(d, force=True)
+    # As the C core writes them: canonical JSON (sorted keys, UTF-8 as it is).
+    text = ",".join(f'{{"at":"x","seq":{n},"text":"select \u00e9 {n}"}}' for n in range(100, 110))
+    w.submit(Entries("s7", "carol", "appdb", text, 10, int((at + 500) * 1_000_000)), force=True)
+    # A claim may hold a lone surrogate (a JSON escape in a token): it
+    # crosses the pipe and is stored as U+FFFD, as the thread writer stores it.
+    w.submit({"kind": "test_record", "session_id": "s\udcff", "person": "p\ud800", "target": None,
+              "decision": None, "body": {"k\udcfe": "v\udc80"}, "at": at + 600})
+
+
+def _content(rows: list[dict]) -> list[tuple]:
+    """What a trail says, less what differs between two writers (chain, hashes)."""
+    return [(r["kind"], r["at"], r["session_id"], r["person"], r["target"], r["decision"], r["body"])
+            for r in rows if r["kind"] != "checkpoint"]
+
+
+def test_the_same_trail_as_the_thread_writer(store_url):
+    st.upgrade(store_url)
+    store = st.Store(store_url)
+    tw = Writer(store, KEY, checkpoint_every=25).start()
+    _mixed(tw)
+    assert tw.close(30)
+    thread_rows = list(store.records())
+    pw = ProcessWriter(store_url, KEY, checkpoint_every=25).start()
+    _mixed(pw)
+    assert pw.flush(30) and pw.depth == 0
+    assert pw.close(30)
+    rows = list(store.records())
+    store.close()
+    process_rows = rows[len(thread_rows):]
+    assert {r["chain"] for r in process_rows} == {pw.chain}
+    assert _content(process_rows) == _content(thread_rows)
+    assert any(r["person"] == "p\ufffd" for r in process_rows)
+    report = verify(rows, KEY)
+    assert report.ok and report.unchecked == 0 and report.chains == 2, report.problems
+    assert pw.written == len(process_rows)
+
+
+def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
+    """As tests/audit/test_store.py's, through the process: the store stops;
+    submit refuses once ``capacity`` records wait here or in the child;
+    the store comes back and every accepted record is written, in order."""
+    cluster = pg_factory()
+    url = cluster.url(dbname="postgres")
+    st.upgrade(url)
+    errors = []
+    w = ProcessWriter(url, KEY, capacity=50, batch=10, interval=0.01, checkpoint_every=20, retry_max=0.2)
+    w.on_error = lambda: errors.append(1)
+    w.start()
+    for i in range(30):
+        w.submit(_test_record(i))
+    assert w.flush(20)
+    cluster.stop()
+    accepted = list(range(30))
+    refused = 0
+    for i in range(30, 200):
+        try:
+            w.submit(_test_record(i))
+            accepted.append(i)
+        except AuditUnavailable as e:
+            refused += 1
+            assert "cannot be written" in str(e)
+        time.sleep(0.002)  # let the sender take batches off the queue: the bound counts what the child holds too
+    deadline = time.monotonic() + 20
+    while not w.failing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.failing and w.store_errors > 0 and len(errors) == w.store_errors
+    assert refused > 0 and len(accepted) < 200
+    assert w.depth >= 40  # what waits is counted, wherever it waits
+    cluster.start()
+    assert w.close(60)
+    assert not w.failing
+    store = st.Store(url)
+    rows = list(store.records())
+    store.close()
+    assert [r["body"]["text"] for r in rows if r["kind"] == "test_record"] == [f"select {i}" for i in accepted]
+    assert verify(rows, KEY).ok
+
+
+def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(tmp_path):
+    url = st.sqlite_url(tmp_path / "audit.db")
+    st.upgrade(url)
+    w = ProcessWriter(url, KEY, interval=0.01, checkpoint_every=50).start()
+    first = w._proc
+    for i in range(300):
+        w.submit(_test_record(i))
+    assert w.flush(30)  # these are stored by the first child
+    for i in range(300, 600):
+        w.submit(_test_record(i))
+    # Killed while records are on their way: some in the pipe or stored
+    # and not acknowledged, some still queued here.
+    first.send_signal(signal.SIGKILL)
+    for i in range(600, 900):
+        w.submit(_test_record(i), force=True)
+    deadline = time.monotonic() + 30
+    while w.children < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.children == 2 and w._proc is not first
+    assert w.flush(30), (w.depth, w.last_error)
+    assert w.close(30)
+    store = st.Store(url)
+    rows = list(store.records())
+    store.close()
+    texts = [r["body"]["text"] for r in rows if r["kind"] == "test_record"]
+    # Possibly twice (stored, then the child died before saying so), never lost,
+    # and in the order submitted in each chain.
+    assert sorted(set(texts), key=lambda t: int(t.split()[1])) == [f"select {i}" for i in range(900)]
+    for chain in {r["chain"] for r in rows}:
+        mine = [int(r["body"]["text"].split()[1]) for r in rows if r["chain"] == chain and r["kind"] == "test_record"]
+        assert mine == sorted(mine)
+    report = verify(rows, KEY)
+    assert report.ok, report.problems  # the first chain ends early (as after a crash), unbroken
+    assert report.chains == 2
+
+
+def test_a_gateway_that_dies_leaves_what_it_sent_written(tmp_path):
+    """The gateway's process is killed: the child reads its pipe to the end,
+    writes everything sent and a final checkpoint, and exits."""
+    url = st.sqlite_url(tmp_path / "audit.db")
+    st.upgrade(url)
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {REPO!r})
+        from pgjit.audit.process import ProcessWriter
+        w = ProcessWriter({url!r}, {KEY!r}, interval=60.0, checkpoint_every=10_000).start()
+        for i in range(500):
+            w.submit({{"kind": "test_record", "session_id": "s", "person": "p", "target": None,
+                      "decision": None, "body": {{"text": f"select {{i}}"}}}})
+        with w._wake:
+            w._urgent = True
+            w._wake.notify()
+        while w._sent < 500:
+            time.sleep(0.001)
+        print(w._proc.pid, flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # ended, not reaped yet
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the writer process did not end after its gateway died")
+    store = st.Store(url)
+    rows = list(store.records())
+    store.close()
+    assert [r["body"]["text"] for r in rows if r["kind"] == "test_record"] == [f"select {i}" for i in range(500)]
+    report = verify(rows, KEY)
+    assert report.ok and report.unchecked == 0, report.problems
+    assert rows[-1]["kind"] == "checkpoint" and rows[-1]["body"]["final"] is True
+
+
+def test_a_child_that_cannot_start_says_why(tmp_path):
+    from pgjit.audit.store import StoreError
+
+    with pytest.raises(StoreError, match="could not start"):
+        ProcessWriter("sqlite:///" + str(tmp_path / "no" / "such" / "dir" / "audit.db"), KEY).start()
