@@ -7,6 +7,7 @@ statements (58000) and loses nothing queued; both stores."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -349,3 +350,48 @@ def test_a_long_statement_is_recorded_while_it_runs(audited):
     sid = _session_ids(rows)[-1]
     got = [(s["body"]["text"], r["body"]["outcome"] if r else None) for s, r in _statements(rows, sid)]
     assert got == [("select 1", "ok"), ("select pg_sleep(4)", "ok")]
+
+
+def _writer_child(gw) -> int:
+    """The pid of the gateway's audit writer process (pgjit.audit.process)."""
+    pid = gw.proc.pid
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for child in open(f"/proc/{pid}/task/{tid}/children").read().split():
+            if b"pgjit.audit.process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    raise AssertionError("the gateway has no audit writer process")
+
+
+def test_a_writer_process_killed_mid_session_loses_no_statement(pg, tmp_path):
+    """The audit writer is a process of its own: killed (out of memory, a
+    bug) while a session runs, it is started again, the session goes on,
+    and every statement that ran is in the store."""
+    url = audit_store.sqlite_url(tmp_path / "a.db")
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url},
+                       audit={"checkpoint_key": KEY})
+    try:
+        first = _writer_child(gw)
+        with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+            for i in range(100):
+                conn.execute(f"select {i}")
+            os.kill(first, signal.SIGKILL)
+            for i in range(100, 200):
+                conn.execute(f"select {i}")
+            deadline = time.monotonic() + 30
+            while any(r.get("msg") == "the audit writer process exited; starting another" for r in gw.logs()) is False:
+                assert time.monotonic() < deadline, "the gateway did not notice its writer process died"
+                time.sleep(0.05)
+            second = _writer_child(gw)
+            assert second != first
+            for i in range(200, 250):
+                conn.execute(f"select {i}")
+        _wait_closed(gw)
+        assert gw.stop() == 0
+        rows = _records(url)
+        sid = _session_ids(rows)[-1]
+        texts = [s["body"]["text"] for s, r in _statements(rows, sid) if r and r["body"]["outcome"] == "ok"]
+        assert texts == [f"select {i}" for i in range(250)]
+        report = verify(rows, KEY.encode())
+        assert report.ok and report.chains == 2, report.problems
+    finally:
+        gw.stop(signal.SIGKILL)

@@ -63,16 +63,41 @@ from pgjit.audit.writer import AuditUnavailable, Deferred, Entries
 log = logging.getLogger("pgjit.audit.process")
 
 _LEN = struct.Struct(">I")
-_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # ASCII: lone surrogates survive the pipe
+
+
+def _make_dumps():  # type: ignore[no-untyped-def]
+    """JSON, ASCII only (a lone surrogate crosses the pipe as an escape),
+    with the C encoder made once (as pgjit.audit.chain does)."""
+    enc = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - no C accelerator
+        return enc.encode
+    c = make(None, enc.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    join = "".join
+
+    def dumps(o: Any) -> str:
+        return join(c(o, 0))
+
+    return dumps
+
+
+_dumps = _make_dumps()
 
 #: How long start() waits for the child to say it is up.
 START_TIMEOUT = 30.0
+#: The pipe to the writer process, in bytes (Linux's default most).
+PIPE_SIZE = 1 << 20
+#: The writer process's niceness (child_main).
+NICE = 10
 #: The longest wait between two attempts to start a child that died.
 RESPAWN_MAX = 5.0
 
 
 def _frame(kind: bytes, payload: bytes) -> bytes:
     return kind + _LEN.pack(len(payload)) + payload
+
+
+_WRITE = _frame(b"W", b"")
 
 
 class ProcessWriter:
@@ -107,6 +132,7 @@ class ProcessWriter:
         self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
+        self._ended = False  # the sender sent everything and the end frame
         self._close_deadline = 0.0
         self._urgent = False
         self._taking = 0  # entries the sender took off the queue and has not counted as sent yet
@@ -125,6 +151,7 @@ class ProcessWriter:
         self._sender: threading.Thread | None = None
         self._receiver: threading.Thread | None = None
         self._stopped = threading.Event()
+        self.piped = 0  # entries the pipe took (sent, as far as this process goes)
         self.children = 0  # children started (1 unless one died)
         self.written = 0
         self.store_errors = 0
@@ -188,21 +215,40 @@ class ProcessWriter:
             self._wake.notify()
         if self._sender is not None:
             self._sender.join(max(0.0, deadline - time.monotonic()))
-        proc = self._proc
-        if proc is not None:
+        proc = None
+        while self._proc is not proc:  # a child that died while closing is replaced: wait for that one
+            proc = self._proc
+            if proc is None:
+                break
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.error("the audit writer process did not finish in time; stopping it",
                           extra={"queued": self.depth, "error": self.last_error})
+                self._stopped.set()
                 proc.kill()
                 proc.wait()
+                break
+            if proc.returncode != 0:
+                time.sleep(0.05)  # the receiver may be starting another
+                with self._lock:
+                    pass
+                if time.monotonic() > deadline:
+                    break
         self._stopped.set()
         if self._receiver is not None:
             self._receiver.join(max(0.1, deadline - time.monotonic()))
         return not self.depth and proc is not None and proc.returncode == 0
 
     # ------------------------------------------------------- the child
+
+    def _write_end(self) -> None:
+        """The end frame to the current child (self._lock held)."""
+        try:
+            self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            pass  # the child died: the receiver starts another and sends it the end
 
     def _end_frame(self) -> bytes:
         """The end, with how long the child may take to write the rest."""
@@ -218,12 +264,19 @@ class ProcessWriter:
         proc = subprocess.Popen([self.python, "-m", "pgjit.audit.process"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, bufsize=0, env=env, close_fds=True)
         assert proc.stdin is not None and proc.stdout is not None
+        try:  # a send's worth in the pipe at once: the child reads it in a few reads, not a page at a time
+            import fcntl
+
+            fcntl.fcntl(proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+        except (OSError, ImportError):
+            pass
         init = dict(self.settings, url=self.url, key=self.key.hex(), chain=self._chain)
         try:
             proc.stdin.write(_frame(b"I", _dumps(init).encode()))
         except OSError:
             pass  # it died at once: the receiver sees it
-        hello = proc.stdout.readline()  # the child is up (or says why not)
+        lines = _lines(proc.stdout.fileno())
+        hello = next(lines, b"")  # the child is up (or says why not)
         status = json.loads(hello) if hello.startswith(b"{") else {"fatal": "exited while starting"}
         if "fatal" in status:
             proc.kill()
@@ -235,22 +288,23 @@ class ProcessWriter:
         self._child_base = self._acked
         self._child_errors = 0
         self.children += 1
-        self._receiver = threading.Thread(target=self._receive, args=(proc,), name="pgjit-audit-receiver", daemon=True)
+        self._receiver = threading.Thread(target=self._receive, args=(proc, lines), name="pgjit-audit-receiver", daemon=True)
         self._receiver.start()
 
-    def _receive(self, proc: subprocess.Popen[bytes]) -> None:
+    def _receive(self, proc: subprocess.Popen[bytes], lines: Any) -> None:
         """The child's status lines, until it exits; then a new child if
         this one died (not closing)."""
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in lines:
             try:
                 status = json.loads(line)
             except ValueError:
                 continue
             self._status(status)
         rc = proc.wait()
-        if self._closing:
-            return  # close() says whether all of it was written
+        if self._closing and rc == 0:
+            return
+        if self._stopped.is_set():
+            return  # close() gave up on it
         self.failing = True
         self.last_error = f"the audit writer process exited (code {rc})"
         log.error("the audit writer process exited; starting another", extra={"code": rc, "queued": self.depth})
@@ -263,9 +317,8 @@ class ProcessWriter:
                         skip = self._acked - first
                         part = data[offsets[skip]:] if skip > 0 else data
                         self._proc.stdin.write(part)  # type: ignore[union-attr]
-                    if self._closing:
-                        self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
-                        self._proc.stdin.close()  # type: ignore[union-attr]
+                    if self._ended:  # the sender is done: the end it sent went to the dead child
+                        self._write_end()
                 return
             except Exception as e:  # StoreError, OSError
                 self.last_error = f"the audit writer process cannot be started: {short_error(e)}"
@@ -308,14 +361,12 @@ class ProcessWriter:
                 closing = self._closing
             last = time.monotonic()
             while self._queue:
-                self._send(self._take())
+                chunk = self._take()
+                self._send(chunk, more=bool(self._queue))
             if closing:
                 with self._lock:
-                    try:
-                        self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
-                        self._proc.stdin.close()  # type: ignore[union-attr]
-                    except OSError:
-                        pass  # the child died: the receiver starts another, which is sent the end
+                    self._ended = True  # a child started from now on is sent the end after the rest
+                    self._write_end()
                 return
 
     def _take(self) -> tuple[bytes, array.array]:
@@ -348,8 +399,12 @@ class ProcessWriter:
             parts.append(frame)
         return b"".join(parts), offsets
 
-    def _send(self, chunk: tuple[bytes, array.array]) -> None:
+    def _send(self, chunk: tuple[bytes, array.array], *, more: bool = False) -> None:
+        """One write: the chunk, and (unless ``more`` follows at once) a
+        ``W``: the child writes what it has then, not at each read."""
         data, offsets = chunk
+        if not more:
+            data += _WRITE
         with self._lock:
             first = self._sent
             self._unacked.append((first, data, offsets))
@@ -358,31 +413,59 @@ class ProcessWriter:
             proc = self._proc
         try:
             proc.stdin.write(data)  # type: ignore[union-attr]  # blocks while the child is behind: the GIL is free meanwhile
+            self.piped += len(offsets)
         except (OSError, ValueError):
             pass  # the child died: the receiver starts another and sends it what is unacknowledged
+
+
+def _lines(fd: int):  # type: ignore[no-untyped-def]
+    """The lines read from ``fd`` until it ends (a read per many lines:
+    the pipe is unbuffered, and its readline would read a byte at a time)."""
+    rest = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            return
+        *done, rest = (rest + data).split(b"\n")
+        yield from done
 
 
 # ------------------------------------------------------------ the child
 
 
-def _read_frames(stream: Any):  # type: ignore[no-untyped-def]
-    """(type, payload) from ``stream`` until it ends."""
-    buf = bytearray()
-    pos = 0
+def _read_frames(fd: int):  # type: ignore[no-untyped-def]
+    """Lists of (type, payload) read from ``fd``, until it ends: each read
+    into one buffer made once (a read of a fresh 1 MB object costs its
+    page faults every time)."""
+    buf = bytearray(PIPE_SIZE)
+    view = memoryview(buf)
+    end = 0  # bytes in buf
     while True:
-        data = stream.read1(1 << 20) if hasattr(stream, "read1") else stream.read(1 << 20)
-        if not data:
+        if end == len(buf):  # a frame larger than the buffer: grow it
+            view.release()
+            buf.extend(bytes(len(buf)))
+            view = memoryview(buf)
+        try:
+            n = os.readv(fd, [view[end:]])
+        except InterruptedError:
+            continue
+        if not n:
             return
-        buf += data
+        end += n
         frames = []
-        while len(buf) - pos >= 5:
-            n = _LEN.unpack_from(buf, pos + 1)[0]
-            if len(buf) - pos - 5 < n:
-                break
-            frames.append((buf[pos:pos + 1], bytes(buf[pos + 5:pos + 5 + n])))
-            pos += 5 + n
-        del buf[:pos]
         pos = 0
+        while end - pos >= 5:
+            size = _LEN.unpack_from(buf, pos + 1)[0]
+            if end - pos - 5 < size:
+                break
+            frames.append((buf[pos:pos + 1], bytes(view[pos + 5:pos + 5 + size])))
+            pos += 5 + size
+        if pos:
+            buf[:end - pos] = view[pos:end]
+            end -= pos
         yield frames
 
 
@@ -392,7 +475,17 @@ def child_main() -> int:
     # Ctrl-C or a SIGTERM to the process group must not lose what is queued.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stdin = sys.stdin.buffer
+    # Behind the relay for the CPU: its work can wait (the gateway's queue
+    # holds it), a relayed round trip cannot. Where the CPUs are all busy
+    # (a 2-core box under pgbench) a commit that preempts the relay's thread
+    # costs every session that round trip; at nice 10 and SCHED_BATCH this
+    # process still gets about a tenth of a busy CPU, ten times what it
+    # needs at the gateway's full rate (BENCHMARKS.md, "Audit").
+    try:
+        os.nice(NICE)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
     out = sys.stdout.buffer
     out_lock = threading.Lock()
 
@@ -404,7 +497,7 @@ def child_main() -> int:
             except (OSError, ValueError):
                 pass  # the gateway is gone: the records still go to the store
 
-    frames = _read_frames(stdin)
+    frames = _read_frames(sys.stdin.fileno())
     first = next(frames, [])
     if not first or first[0][0] != b"I":
         say({"fatal": "no settings"})
@@ -456,11 +549,12 @@ def child_main() -> int:
                 sid, person, target, count, at_us = json.loads(payload[:nl])
                 submit(Entries(sid, person, target, payload[nl + 1:].decode("utf-8", "surrogatepass"), count, at_us),
                        force=True)
+            elif kind == b"W":
+                writer._hurry()  # the end of what the gateway sent at once: written now, not after an interval
             elif kind == b"X":
                 ended = True
                 if payload:
                     close_timeout = float(payload)
-        writer._hurry()  # what came in one read is written now, not after another interval
         if ended:
             break
     ok = writer.close(timeout=close_timeout)

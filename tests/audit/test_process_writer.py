@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from pgjit.audit import store as st
 from pgjit.audit.chain import verify
@@ -184,7 +187,7 @@ def test_a_gateway_that_dies_leaves_what_it_sent_written(tmp_path):
         with w._wake:
             w._urgent = True
             w._wake.notify()
-        while w._sent < 500:
+        while w.piped < 500:
             time.sleep(0.001)
         print(w._proc.pid, flush=True)
         os.kill(os.getpid(), 9)
@@ -217,3 +220,33 @@ def test_a_child_that_cannot_start_says_why(tmp_path):
 
     with pytest.raises(StoreError, match="could not start"):
         ProcessWriter("sqlite:///" + str(tmp_path / "no" / "such" / "dir" / "audit.db"), KEY).start()
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st_.lists(st_.one_of(st_.integers(0, 300), st_.integers(60_000, 70_000)), max_size=40),
+       cuts=st_.lists(st_.integers(1, 200_000), min_size=1, max_size=20))
+def test_frames_cross_the_pipe_whole_however_the_bytes_are_cut(sizes, cuts):
+    """The child's reader gives back every frame as sent, whatever pieces
+    the pipe hands it, frames larger than its buffer included."""
+    from pgjit.audit import process
+
+    frames = [(b"DEW"[i % 3:i % 3 + 1], bytes([i % 251]) * n) for i, n in enumerate(sizes)]
+    frames.append((b"X", b"x" * (process.PIPE_SIZE + 1234)))  # larger than the reader's buffer
+    data = b"".join(process._frame(k, p) for k, p in frames)
+    r, w = os.pipe()
+
+    def feed() -> None:
+        pos, i = 0, 0
+        while pos < len(data):
+            n = cuts[i % len(cuts)]
+            os.write(w, data[pos:pos + n])  # a blocking pipe: all of it
+            pos += n
+            i += 1
+        os.close(w)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    got = [f for chunk in process._read_frames(r) for f in chunk]
+    t.join()
+    os.close(r)
+    assert [(bytes(k), p) for k, p in got] == frames
