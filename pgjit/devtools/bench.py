@@ -37,9 +37,21 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    """The CPU ``pid`` used, its live children's included (pgjit's audit
+    writer is a process of its own: pgjit/audit/process.py)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields[11], fields[12] are utime, stime (14th and 15th of the full line)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            total += cpu_seconds(int(child))
+        except OSError:
+            pass  # it ended meanwhile
+    return total
 
 
 @dataclass
