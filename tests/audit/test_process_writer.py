@@ -1,6 +1,6 @@
 """The audit writer in its own process (pgjit.audit.process): the same trail
-as the thread writer, on both stores; a store outage fails closed and loses
-nothing; a writer process that dies is replaced and loses nothing; a
+as the thread writer, on both stores (a store outage: tests/audit/test_store.py);
+a writer process that dies is replaced and loses nothing; a
 gateway that dies leaves what it sent written and the chain closed."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st_
 from pgjit.audit import store as st
 from pgjit.audit.chain import verify
 from pgjit.audit.process import ProcessWriter
-from pgjit.audit.writer import AuditUnavailable, Deferred, Entries, Writer
+from pgjit.audit.writer import Deferred, Entries, Writer
 
 from tests.audit.conftest import KEY
 
@@ -92,47 +92,6 @@ def test_the_same_trail_as_the_thread_writer(store_url):
     report = verify(rows, KEY)
     assert report.ok and report.unchecked == 0 and report.chains == 2, report.problems
     assert pw.written == len(process_rows)
-
-
-def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
-    """As tests/audit/test_store.py's, through the process: the store stops;
-    submit refuses once ``capacity`` records wait here or in the child;
-    the store comes back and every accepted record is written, in order."""
-    cluster = pg_factory()
-    url = cluster.url(dbname="postgres")
-    st.upgrade(url)
-    errors = []
-    w = ProcessWriter(url, KEY, capacity=50, batch=10, interval=0.01, checkpoint_every=20, retry_max=0.2)
-    w.on_error = lambda: errors.append(1)
-    w.start()
-    for i in range(30):
-        w.submit(_test_record(i))
-    assert w.flush(20)
-    cluster.stop()
-    accepted = list(range(30))
-    refused = 0
-    for i in range(30, 200):
-        try:
-            w.submit(_test_record(i))
-            accepted.append(i)
-        except AuditUnavailable as e:
-            refused += 1
-            assert "cannot be written" in str(e)
-        time.sleep(0.002)  # let the sender take batches off the queue: the bound counts what the child holds too
-    deadline = time.monotonic() + 20
-    while not w.failing and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert w.failing and w.store_errors > 0 and len(errors) == w.store_errors
-    assert refused > 0 and len(accepted) < 200
-    assert w.depth >= 40  # what waits is counted, wherever it waits
-    cluster.start()
-    assert w.close(60)
-    assert not w.failing
-    store = st.Store(url)
-    rows = list(store.records())
-    store.close()
-    assert [r["body"]["text"] for r in rows if r["kind"] == "test_record"] == [f"select {i}" for i in accepted]
-    assert verify(rows, KEY).ok
 
 
 def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(tmp_path):

@@ -161,16 +161,28 @@ def test_verify_without_a_key_refuses(store_url):
     assert out.returncode == 2 and "no checkpoint key" in out.stderr
 
 
-def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_store_outage_fails_closed_then_loses_nothing(pg_factory, kind):
     """The store (PostgreSQL) stops while records are being written: the
     writer keeps retrying; once its buffer is full, submit refuses (the
     gateway's fail_closed); the store comes back and every record queued
-    before and during the outage is written, in order, and verifies."""
+    before and during the outage is written, in order, and verifies. The
+    same for the writer in a process of its own (pgjit.audit.process, the
+    gateway's), whose bound counts what waits in either process."""
     cluster = pg_factory()
     url = cluster.url(dbname="postgres")
     st.upgrade(url)
-    store = st.Store(url)
-    w = Writer(store, KEY, capacity=50, batch=10, checkpoint_every=20, retry_max=0.2).start()
+    errors: list[int] = []
+    if kind == "thread":
+        store = st.Store(url)
+        w = Writer(store, KEY, capacity=50, batch=10, checkpoint_every=20, retry_max=0.2)
+    else:
+        from pgjit.audit.process import ProcessWriter
+
+        store = None
+        w = ProcessWriter(url, KEY, capacity=50, batch=10, interval=0.01, checkpoint_every=20, retry_max=0.2)
+    w.on_error = lambda: errors.append(1)
+    w.start()
     for i in range(30):
         w.submit(_statement(i))
     assert w.flush(20)
@@ -184,15 +196,20 @@ def test_store_outage_fails_closed_then_loses_nothing(pg_factory):
         except AuditUnavailable as e:
             refused += 1
             assert "cannot be written" in str(e)
+        if kind == "process":
+            time.sleep(0.002)  # the sender takes batches off the queue meanwhile: they still count
     queued = len(accepted)
     deadline = time.monotonic() + 20
     while not w.failing and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert w.failing and w.store_errors > 0
+    assert w.failing and w.store_errors > 0 and len(errors) == w.store_errors
     assert refused > 0 and queued < 200
+    assert w.depth >= 40  # what waits is counted, wherever it waits
     cluster.start()
     assert w.close(60)
-    store.close()
+    assert not w.failing
+    if store is not None:
+        store.close()
     store = st.Store(url)
     rows = list(store.records())
     store.close()
