@@ -281,6 +281,8 @@ class ProcessWriter:
         if "fatal" in status:
             proc.kill()
             proc.wait()
+            proc.stdin.close()
+            proc.stdout.close()
             from pgjit.audit.store import StoreError
 
             raise StoreError(f"the audit writer process could not start: {status['fatal']}")
@@ -301,6 +303,8 @@ class ProcessWriter:
                 continue
             self._status(status)
         rc = proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
         if self._closing and rc == 0:
             return
         if self._stopped.is_set():
@@ -312,13 +316,21 @@ class ProcessWriter:
         while not self._stopped.is_set():
             try:
                 with self._lock:
+                    if proc.stdin is not None:
+                        try:
+                            proc.stdin.close()
+                        except OSError:
+                            pass
                     self._spawn()
-                    for first, data, offsets in self._unacked:  # what the dead child may not have stored
-                        skip = self._acked - first
-                        part = data[offsets[skip]:] if skip > 0 else data
-                        self._proc.stdin.write(part)  # type: ignore[union-attr]
-                    if self._ended:  # the sender is done: the end it sent went to the dead child
-                        self._write_end()
+                    try:
+                        for first, data, offsets in self._unacked:  # what the dead child may not have stored
+                            skip = self._acked - first
+                            part = data[offsets[skip]:] if skip > 0 else data
+                            self._proc.stdin.write(part)  # type: ignore[union-attr]
+                        if self._ended:  # the sender is done: the end it sent went to the dead child
+                            self._write_end()
+                    except (OSError, ValueError):
+                        pass  # the new one died too: its own receiver starts the next
                 return
             except Exception as e:  # StoreError, OSError
                 self.last_error = f"the audit writer process cannot be started: {short_error(e)}"
