@@ -11,7 +11,9 @@ raises AuditUnavailable, and the gateway refuses the statement rather than
 run it unrecorded (``on_store_failure: fail_closed``).
 
 A thread rather than a trio task: SQLAlchemy's drivers block, and the
-writer must keep draining while the event loop is busy relaying.
+writer must keep draining while the event loop is busy relaying. The gateway
+runs this writer in a process of its own (pgjit.audit.process), off the
+relay's GIL; tests and tools use it directly.
 """
 
 from __future__ import annotations
