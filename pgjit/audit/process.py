@@ -490,9 +490,9 @@ def child_main() -> int:
     # Behind the relay for the CPU: its work can wait (the gateway's queue
     # holds it), a relayed round trip cannot. Where the CPUs are all busy
     # (a 2-core box under pgbench) a commit that preempts the relay's thread
-    # costs every session that round trip; at nice 10 and SCHED_BATCH this
-    # process still gets about a tenth of a busy CPU, ten times what it
-    # needs at the gateway's full rate (BENCHMARKS.md, "Audit").
+    # costs every session that round trip. At nice 10 and SCHED_BATCH it
+    # still gets a share of a busy CPU, and all of an idle one (BENCHMARKS.md,
+    # "The audit writer in a process": no TPS difference outside the noise).
     try:
         os.nice(NICE)
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

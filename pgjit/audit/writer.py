@@ -252,10 +252,10 @@ class Writer:
                 self.store.append(self._inflight)
             except Exception as e:  # the store is down: keep the batch, retry
                 self.store_errors += 1
-                if self.on_error is not None:
-                    self.on_error()
                 self.failing = True
                 self.last_error = short_error(e)
+                if self.on_error is not None:
+                    self.on_error()
                 if self.store_errors == 1 or self.store_errors % 50 == 0:
                     log.warning("audit store write failed; retrying", extra={"error": self.last_error,
                                                                             "queued": self.depth})
