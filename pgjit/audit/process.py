@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import array
 import collections
+import itertools
 import json
 import logging
 import os
@@ -83,8 +84,6 @@ def _make_dumps():  # type: ignore[no-untyped-def]
 
 _dumps = _make_dumps()
 
-#: How long start() waits for the child to say it is up.
-START_TIMEOUT = 30.0
 #: The pipe to the writer process, in bytes (Linux's default most).
 PIPE_SIZE = 1 << 20
 #: The writer process's niceness (child_main).
@@ -543,16 +542,9 @@ def child_main() -> int:
     writer.start()
     say({"ready": True})
     submit = writer.submit
-    rest = first[1:]
     ended = False
     close_timeout = 60.0  # the gateway died (its pipe closed without an end frame)
-    pending = [rest] if rest else []
-
-    def chunks():  # type: ignore[no-untyped-def]
-        yield from pending
-        yield from frames
-
-    for chunk in chunks():
+    for chunk in itertools.chain([first[1:]], frames):  # what came with the settings, then the rest
         for kind, payload in chunk:
             if kind == b"D":
                 submit(json.loads(payload), force=True)
