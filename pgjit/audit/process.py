@@ -37,7 +37,7 @@ gateway cannot tell them apart. What it adds:
 The wire between them is frames: a type byte, a 4-byte big-endian length,
 the payload. To the child: ``I`` (first, once: the settings as JSON,
 checkpoint key included: never on a command line), ``D`` (a record, JSON),
-``E`` (a core's Entries: a JSON header line, then their JSON as it is),
+``E`` (a core's Entries, the frame as the core wrote it: pgjit.audit.writer.Entries),
 ``X`` (end). From the child: one JSON object per line.
 """
 
@@ -392,9 +392,7 @@ class ProcessWriter:
             r = q.popleft()
             t = type(r)
             if t is Entries:
-                head = _dumps([r.session_id, r.person, r.target, r.count, r.at_us]).encode()
-                body = r.json.encode("utf-8", "surrogatepass")
-                frame = b"E" + _LEN.pack(len(head) + 1 + len(body)) + head + b"\n" + body
+                frame = r.frame  # as the core wrote it
             else:
                 if t is not dict:
                     try:
@@ -448,7 +446,8 @@ def _lines(fd: int):  # type: ignore[no-untyped-def]
 
 
 def _read_frames(fd: int):  # type: ignore[no-untyped-def]
-    """Lists of (type, payload) read from ``fd``, until it ends: each read
+    """Lists of (type, payload) read from ``fd``, until it ends (an E
+    frame's payload is the whole frame, as pgjit.audit.writer.Entries holds it): each read
     into one buffer made once (a read of a fresh 1 MB object costs its
     page faults every time)."""
     buf = bytearray(PIPE_SIZE)
@@ -472,7 +471,9 @@ def _read_frames(fd: int):  # type: ignore[no-untyped-def]
             size = _LEN.unpack_from(buf, pos + 1)[0]
             if end - pos - 5 < size:
                 break
-            frames.append((buf[pos:pos + 1], bytes(view[pos + 5:pos + 5 + size])))
+            kind = buf[pos:pos + 1]
+            # An E frame whole (Entries keeps the frame), any other's payload.
+            frames.append((kind, bytes(view[pos:pos + 5 + size] if kind == b"E" else view[pos + 5:pos + 5 + size])))
             pos += 5 + size
         if pos:
             buf[:end - pos] = view[pos:end]
@@ -549,10 +550,7 @@ def child_main() -> int:
             if kind == b"D":
                 submit(json.loads(payload), force=True)
             elif kind == b"E":
-                nl = payload.index(b"\n")
-                sid, person, target, count, at_us = json.loads(payload[:nl])
-                submit(Entries(sid, person, target, payload[nl + 1:].decode("utf-8", "surrogatepass"), count, at_us),
-                       force=True)
+                submit(Entries(payload), force=True)  # the whole frame: the writer's thread reads it
             elif kind == b"W":
                 writer._hurry()  # the end of what the gateway sent at once: written now, not after an interval
             elif kind == b"X":

@@ -32,12 +32,15 @@ def expand(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if r.get("kind") != "statements":
             yield r
             continue
-        entries = (r.get("body") or {}).get("statements") or []
+        rbody = r.get("body") or {}
+        entries = rbody.get("statements") or []
         for e in entries:
             if not isinstance(e, dict):
                 continue
             body = {k: v for k, v in e.items() if k not in ("at", "decision")}
             kind = "statement" if "text" in e else "statement_result"
+            if kind == "statement" and "policy_hash" not in body and "policy_hash" in rbody:
+                body["policy_hash"] = rbody["policy_hash"]  # the record's, once for its entries
             yield {"kind": kind, "at": e.get("at"), "session_id": r.get("session_id"), "person": r.get("person"),
                    "target": r.get("target"), "decision": e.get("decision") if kind == "statement" else None,
                    "body": body, "chain": r.get("chain"), "seq": r.get("seq")}

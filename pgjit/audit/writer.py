@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import json
 
-from pgjit.audit.chain import Chainer, body_json, scrub, write_jsonl
+from pgjit.audit.chain import Chainer, _encode_str, body_json, scrub, write_jsonl
 from pgjit.audit.errors import short_error
 
 log = logging.getLogger("pgjit.audit.writer")
@@ -40,6 +40,13 @@ YIELD_EVERY = 64
 #: Entries in one statements record at most: a record is sealed (its JSON
 #: made) in one go, holding the GIL that long.
 GROUP_MAX = 64
+
+
+_ANY = object()  # a result's entry: it goes with any policy hash
+
+
+def _json_value(v: str | None) -> str:
+    return "null" if v is None else _encode_str(v)
 
 
 class AuditUnavailable(Exception):
@@ -98,19 +105,46 @@ class Deferred:
         return record
 
 
+_TRAILER_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def entries_trailer(session_id: str, person: str | None, target: str | None, policy_hash: str | None) -> bytes:
+    """The first items of an Entries trailer (what the C core is given,
+    set_tracker): JSON, ASCII only (a lone surrogate in a claim stays an
+    escape), without the list's brackets."""
+    return _TRAILER_JSON([session_id, person, target, policy_hash])[1:-1].encode("ascii")
+
+
 class Entries:
     """Statements of one session the C core tracked and finished, as it
-    wrote them (pgjit/gateway/_relaycore.c, Statements): ``json`` is their
-    entries, JSON objects joined by ',', each what this writer makes of a
-    statement and its result taken together; ``at_us`` is the last one's
-    time. They go into the session's statements record as they are."""
+    wrote them (pgjit/gateway/_relaycore.c, Statements, take_done): ``frame``
+    is what goes down the pipe to the writer process as it is — b"E", the
+    payload's length (4 bytes, big-endian), the payload: the entries (JSON
+    objects joined by ','; each what this writer makes of a statement and
+    its result taken together, less the policy hash its record holds once),
+    b"\n", and a JSON list: session id, person, target, policy hash, count,
+    the last entry's time in microseconds. The gateway's threads never look
+    inside; the writer's does (parse)."""
 
-    __slots__ = ("session_id", "person", "target", "json", "count", "at_us")
+    __slots__ = ("frame",)
 
-    def __init__(self, session_id: str, person: str | None, target: str | None, json: str, count: int,
-                 at_us: int) -> None:
-        self.session_id, self.person, self.target = session_id, person, target
-        self.json, self.count, self.at_us = json, count, at_us
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+
+    @classmethod
+    def of(cls, session_id: str, person: str | None, target: str | None, json_text: str, count: int, at_us: int,
+           policy_hash: str | None = None) -> "Entries":
+        """The frame the core would write for these entries (tests, tools)."""
+        payload = (json_text.encode("utf-8", "surrogatepass") + b"\n[" + entries_trailer(session_id, person, target, policy_hash)
+                   + b",%d,%d]" % (count, at_us))
+        return cls(b"E" + len(payload).to_bytes(4, "big") + payload)
+
+    def parse(self) -> tuple[str, str | None, str | None, str | None, str, int, int]:
+        """(session_id, person, target, policy_hash, entries' JSON, count, at_us)."""
+        f = self.frame
+        nl = f.rindex(b"\n")
+        sid, person, target, policy_hash, count, at_us = json.loads(f[nl + 1:])
+        return sid, person, target, policy_hash, f[5:nl].decode("utf-8", "surrogatepass"), count, at_us
 
 
 class Writer:
@@ -314,17 +348,18 @@ class Writer:
             if not n % YIELD_EVERY:
                 time.sleep(0)
             if type(r) is Entries:
-                sid = r.session_id
+                sid, person, target, policy_hash, text, count, at_us = r.parse()
                 group = groups.get(sid)
                 size = sizes.get(id(group), len(group["body"]["statements"])) if group is not None else 0
-                if group is None or size >= GROUP_MAX:
-                    group = groups[sid] = {"kind": "statements", "at": 0.0, "session_id": sid, "person": r.person,
-                                           "target": r.target, "decision": None, "body": {"statements": []}}
+                if group is None or size >= GROUP_MAX or group["body"]["policy_hash"] != policy_hash:
+                    group = groups[sid] = {"kind": "statements", "at": 0.0, "session_id": sid, "person": person,
+                                           "target": target, "decision": None,
+                                           "body": {"policy_hash": policy_hash, "statements": []}}
                     taken.append(group)
                     size = 0
-                group["at"] = r.at_us  # an int: microseconds (below)
-                group["body"]["statements"].append(r.json)
-                sizes[id(group)] = size + r.count
+                group["at"] = at_us  # an int: microseconds (below)
+                group["body"]["statements"].append(text)
+                sizes[id(group)] = size + count
                 continue
             if type(r) is not dict:
                 try:
@@ -351,9 +386,15 @@ class Writer:
                 pending[key] = entry
             entry["at"] = r["at"]
             group = groups.get(sid)
-            if group is None or sizes.get(id(group), len(group["body"]["statements"])) >= GROUP_MAX:
+            # A statement's policy hash is its record's, once for all its
+            # entries (pgjit.audit.sessions.expand gives it back to each).
+            policy_hash = entry.pop("policy_hash", None) if kind == "statement" else _ANY
+            if (group is None or sizes.get(id(group), len(group["body"]["statements"])) >= GROUP_MAX
+                    or (policy_hash is not _ANY and group["body"]["policy_hash"] != policy_hash)):
                 group = groups[sid] = {"kind": "statements", "at": r["at"], "session_id": sid, "person": r.get("person"),
-                                       "target": r.get("target"), "decision": None, "body": {"statements": []}}
+                                       "target": r.get("target"), "decision": None,
+                                       "body": {"policy_hash": None if policy_hash is _ANY else policy_hash,
+                                                "statements": []}}
                 taken.append(group)
             else:
                 # A statements record's time is its last entry's, so that a
@@ -381,9 +422,11 @@ class Writer:
                         entries[i] = body_json(entry)
                 if raw:
                     # Entries the core wrote are JSON already: the body's
-                    # canonical JSON is made around them ({"statements": [...]},
-                    # its one key), and its structure only when a sink wants it.
-                    r["body_json"] = '{"statements":[' + ",".join(entries) + "]}"
+                    # canonical JSON is made around them ({"policy_hash": ...,
+                    # "statements": [...]}, its keys in order), and its
+                    # structure only when a sink wants it.
+                    r["body_json"] = ('{"policy_hash":' + _json_value(r["body"]["policy_hash"]) + ',"statements":['
+                                      + ",".join(entries) + "]}")
                     r["body"] = None
             try:
                 out.append(chainer.seal(r))

@@ -295,11 +295,12 @@ typedef struct {
     long long seq;         /* the session's last statement number (shared with Python's queue) */
     Tracked fl[TRACK_MAX]; /* in flight, oldest first from fl_head */
     int fl_head, fl_n;
-    PyObject *done;        /* bytearray: finished statements' entries, as JSON objects joined by ',' */
+    PyObject *done;        /* bytearray: finished statements' entries, as JSON objects joined by ',', after
+                            * 5 bytes kept for the frame's head (take_done) */
     long long done_n, done_at_us; /* how many, and the last one's time */
     PyObject *dirty, *owner; /* owner is appended to dirty when done stops being empty */
     PyObject *fp_cache, *fp_cb; /* shape key -> fingerprint; fingerprint(sql) for the rest */
-    PyObject *policy_json;  /* the entries' policy_hash, as JSON (bytes) */
+    PyObject *trailer;     /* the E frame trailer's first items, as JSON (bytes): session, person, target, policy hash */
 } Core;
 
 enum { AUDIT_NONE = 0, AUDIT_HEAD = 1, AUDIT_FRAME = 2 };
@@ -344,7 +345,7 @@ Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->owner);
     Py_VISIT(self->fp_cache);
     Py_VISIT(self->fp_cb);
-    Py_VISIT(self->policy_json);
+    Py_VISIT(self->trailer);
     return 0;
 }
 
@@ -363,7 +364,7 @@ Core_clear(Core *self)
     Py_CLEAR(self->owner);
     Py_CLEAR(self->fp_cache);
     Py_CLEAR(self->fp_cb);
-    Py_CLEAR(self->policy_json);
+    Py_CLEAR(self->trailer);
     return 0;
 }
 
@@ -521,11 +522,13 @@ gate_check(Core *c, const unsigned char *sql_at, Py_ssize_t sql_len)
  * server's replies complete it (CommandComplete: rows; ErrorResponse: the
  * SQLSTATE; CopyOut/CopyBoth: a COPY), and its ReadyForQuery finishes it:
  * the core writes the statement's audit entry, the JSON object
- * pgjit.audit.writer would make of its statement and result records, with
- * the same keys in the same (sorted) order and the same escapes
- * (json.dumps, ensure_ascii=False), to `done`. Python takes what is done
- * once per slice (take_done) and queues it for the writer as it is, so a
- * statement costs no Python object on the way. The entry's bytes are what
+ * pgjit.audit.writer would make of its statement and result records (less
+ * the policy hash, which its statements record holds once), with the same
+ * keys in the same (sorted) order and the same escapes (json.dumps,
+ * ensure_ascii=False), to `done`. Python takes what is done once per slice
+ * (take_done), as one frame for the audit writer process, and queues it as
+ * it is: a statement costs no Python object on the way, and the gateway's
+ * threads neither decode nor encode it. The entry's bytes are what
  * the hash chain covers: tests hold them equal to Python's for the same
  * statement (tests/test_audit_tracker.py).
  *
@@ -542,6 +545,8 @@ typedef struct {
 } Out;
 
 static Out out_buf; /* the entry being written (under the GIL) */
+
+#define FRAME_HEAD 5 /* an audit writer frame's type byte and 4-byte length */
 
 static int
 out_room(Out *o, size_t more)
@@ -875,8 +880,7 @@ track_finish(Core *c)
     Py_DECREF(fp);
     if (bad)
         goto fail;
-    bad = (t->error ? OUT_LIT(o, ",\"outcome\":\"error\",\"policy_hash\":") : OUT_LIT(o, ",\"outcome\":\"ok\",\"policy_hash\":")) ||
-          out_put(o, PyBytes_AS_STRING(c->policy_json), (size_t)PyBytes_GET_SIZE(c->policy_json)) ||
+    bad = (t->error ? OUT_LIT(o, ",\"outcome\":\"error\"") : OUT_LIT(o, ",\"outcome\":\"ok\"")) ||
           /* the protocol as the statement went upstream (a COPY's is the
            * protocol it came in, as Python records it) */
           OUT_LIT(o, ",\"protocol\":\"simple\",\"rows\":") ||
@@ -887,12 +891,14 @@ track_finish(Core *c)
     if (bad)
         goto fail;
     Py_ssize_t at = PyByteArray_GET_SIZE(c->done);
-    Py_ssize_t add = (Py_ssize_t)o->n + (at > 0);
+    Py_ssize_t add = (Py_ssize_t)o->n + (at > 0 ? 1 : FRAME_HEAD);
     if (PyByteArray_Resize(c->done, at + add) < 0)
         goto fail;
     char *w = PyByteArray_AS_STRING(c->done) + at;
     if (at > 0)
         *w++ = ',';
+    else
+        w += FRAME_HEAD; /* the frame's type and length: take_done writes them */
     memcpy(w, o->p, o->n);
     if (at == 0 && c->dirty != NULL && PyList_Append(c->dirty, c->owner) < 0)
         goto fail;
@@ -1022,9 +1028,9 @@ audit_frames(Core *c, int client, const unsigned char *b, Py_ssize_t r, int *log
 static PyObject *
 Core_set_tracker(Core *self, PyObject *args)
 {
-    PyObject *done, *dirty, *owner, *fp_cache, *fp_cb, *policy_json;
+    PyObject *done, *dirty, *owner, *fp_cache, *fp_cb, *trailer;
     if (!PyArg_ParseTuple(args, "O!O!OO!OO!", &PyByteArray_Type, &done, &PyList_Type, &dirty, &owner, &PyDict_Type,
-                          &fp_cache, &fp_cb, &PyBytes_Type, &policy_json))
+                          &fp_cache, &fp_cb, &PyBytes_Type, &trailer))
         return NULL;
     if (self->log == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_audit first");
@@ -1035,7 +1041,11 @@ Core_set_tracker(Core *self, PyObject *args)
     Py_XSETREF(self->owner, Py_NewRef(owner));
     Py_XSETREF(self->fp_cache, Py_NewRef(fp_cache));
     Py_XSETREF(self->fp_cb, Py_NewRef(fp_cb));
-    Py_XSETREF(self->policy_json, Py_NewRef(policy_json));
+    if (PyByteArray_GET_SIZE(done) != 0) {
+        PyErr_SetString(PyExc_ValueError, "done must be empty");
+        return NULL;
+    }
+    Py_XSETREF(self->trailer, Py_NewRef(trailer));
     Py_RETURN_NONE;
 }
 
@@ -1084,21 +1094,37 @@ Core_drop_tracker(Core *self, PyObject *unused)
     Py_CLEAR(self->owner);
     Py_CLEAR(self->fp_cache);
     Py_CLEAR(self->fp_cb);
-    Py_CLEAR(self->policy_json);
+    Py_CLEAR(self->trailer);
     Py_RETURN_NONE;
 }
 
-/* What is done, and done empty again: (entries as a str, count, the last
- * one's time in microseconds), or None. */
+/* What is done, as one frame for the audit writer process
+ * (pgjit.audit.process: E), and done empty again: (frame, count), or None.
+ * The frame: b"E", its payload's length (4 bytes, big-endian), the payload:
+ * the entries (JSON objects joined by ','), b"\n", and the trailer, a JSON
+ * list: the trailer's first items (set_tracker), the count, the last
+ * entry's time in microseconds. */
 static PyObject *
 Core_take_done(Core *self, PyObject *unused)
 {
     if (self->done == NULL || PyByteArray_GET_SIZE(self->done) == 0)
         Py_RETURN_NONE;
-    PyObject *text = PyUnicode_DecodeUTF8(PyByteArray_AS_STRING(self->done), PyByteArray_GET_SIZE(self->done), "strict");
-    if (text == NULL)
+    Out *o = &out_buf;
+    o->n = 0;
+    if (OUT_LIT(o, "\n[") || out_put(o, PyBytes_AS_STRING(self->trailer), (size_t)PyBytes_GET_SIZE(self->trailer)) ||
+        OUT_LIT(o, ",") || out_ll(o, self->done_n) || OUT_LIT(o, ",") || out_ll(o, self->done_at_us) || OUT_LIT(o, "]"))
         return NULL;
-    PyObject *res = Py_BuildValue("(NLL)", text, self->done_n, self->done_at_us);
+    Py_ssize_t at = PyByteArray_GET_SIZE(self->done);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, at + (Py_ssize_t)o->n);
+    if (frame == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(frame);
+    memcpy(w, PyByteArray_AS_STRING(self->done), (size_t)at);
+    memcpy(w + at, o->p, o->n);
+    unsigned long long len = (unsigned long long)(at + (Py_ssize_t)o->n - FRAME_HEAD);
+    w[0] = 'E';
+    w[1] = (char)(len >> 24); w[2] = (char)(len >> 16); w[3] = (char)(len >> 8); w[4] = (char)len;
+    PyObject *res = Py_BuildValue("(NL)", frame, self->done_n);
     if (res == NULL)
         return NULL;
     self->done_n = 0;
@@ -1117,7 +1143,7 @@ static PyMethodDef Core_methods[] = {
      "set_audit(log: bytearray, client_mask: bytes, server_mask: bytes): append the relayed frames the masks "
      "mark (1: type only, 2: whole frame), each after a direction byte, to log"},
     {"set_tracker", (PyCFunction)Core_set_tracker, METH_VARARGS,
-     "set_tracker(done: bytearray, dirty: list, owner, fingerprints: dict, fingerprint, policy_hash_json: bytes): "
+     "set_tracker(done: bytearray (empty), dirty: list, owner, fingerprints: dict, fingerprint, trailer: bytes): "
      "track simple Queries while .track is set (after set_audit; see the module's Statements section)"},
     {"reclaim", (PyCFunction)Core_reclaim, METH_NOARGS,
      "reclaim() -> [(seq, text, size, at_us, start_ns, copy, rows, error, sqlstate), ...] | None: tracking off, "
@@ -1126,7 +1152,8 @@ static PyMethodDef Core_methods[] = {
      "drop_tracker(): the tracker's references released and what it had in flight dropped (after reclaim "
      "and take_done: the session is over)"},
     {"take_done", (PyCFunction)Core_take_done, METH_NOARGS,
-     "take_done() -> (entries: str, count, last_at_us) | None: the finished statements' entries, joined by ','"},
+     "take_done() -> (frame: bytes, count) | None: the finished statements' entries, as one E frame for the "
+     "audit writer process (pgjit.audit.process)"},
     {NULL},
 };
 

@@ -203,7 +203,7 @@ class Channel:
                     # statement queue itself while Python's is empty, and
                     # writes their entries (_relaycore.c, Statements).
                     core.set_tracker(bytearray(), reactor._dirty, self, recording._FINGERPRINTS,
-                                     recording.fingerprint_of, relay.recorder.policy_json())
+                                     recording.fingerprint_of, relay.recorder.trailer())
                     self._tracker = True
             self._sync()
         reactor._register(self)

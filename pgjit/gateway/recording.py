@@ -17,8 +17,7 @@ from typing import Any
 
 from pgjit import metrics
 from pgjit.audit import records
-from pgjit.audit.chain import _encode_str
-from pgjit.audit.writer import AuditUnavailable, Deferred, Entries
+from pgjit.audit.writer import AuditUnavailable, Deferred, Entries, entries_trailer
 from pgjit.gateway.statements import Statement
 from pgjit.policy.gate import shape_key, statement_fingerprint
 
@@ -98,16 +97,17 @@ class SessionRecorder:
         text is to be normalised, which takes pglast."""
         return not self.redact_literals
 
-    def policy_json(self) -> bytes:
-        """The entries' policy_hash as JSON, for the C core to put in them."""
-        return (_encode_str(self.policy_hash) if self.policy_hash is not None else "null").encode()
+    def trailer(self) -> bytes:
+        """What the C core puts in the trailer of its Entries frames
+        (pgjit.audit.writer.Entries): this session, person, target and policy hash."""
+        return entries_trailer(self.session_id, self.person, self.target, self.policy_hash)
 
-    def entries(self, text: str, count: int, at_us: int) -> None:
-        """Statements the C core tracked and finished: their entries as
-        JSON objects joined by ',' (statement and result in one, as the
-        writer merges them), the last one's time in microseconds."""
+    def entries(self, frame: bytes, count: int) -> None:
+        """Statements the C core tracked and finished: ``count`` entries
+        (statement and result in one, as the writer merges them) in one
+        frame for the writer process, as the core wrote it."""
         metrics.STATEMENTS.add("allow", count)
-        self.writer.submit(Entries(self.session_id, self.person, self.target, text, count, at_us), force=True)
+        self.writer.submit(Entries(frame), force=True)
 
     def adopted(self, st: Statement, at: float) -> None:
         """A statement the C core relayed and tracked, now in Python's queue
