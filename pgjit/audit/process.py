@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import signal
 import struct
 import subprocess
@@ -90,6 +91,9 @@ PIPE_SIZE = 1 << 20
 NICE = 10
 #: The longest wait between two attempts to start a child that died.
 RESPAWN_MAX = 5.0
+#: Queue entries one pump (the relay's own thread) takes at most: the
+#: rest waits for the next pump or the sender thread.
+PUMP_MAX = 256
 
 
 def _frame(kind: bytes, payload: bytes) -> bytes:
@@ -143,6 +147,12 @@ class ProcessWriter:
         # the bytes sent, each entry's offset in them), for a child that dies.
         self._unacked: collections.deque[tuple[int, bytes, array.array]] = collections.deque()
         self._lock = threading.Lock()  # _unacked, _acked and the child, between the sender and the receiver
+        # One sender at a time, the relay's thread (pump) or the sender
+        # thread; taken before _lock. What the pipe has not taken yet of the
+        # last chunk sent (the pipe does not block: a pump never waits).
+        self._send_lock = threading.Lock()
+        self._pending = memoryview(b"")
+        self._pending_entries = 0  # the entries of the chunk in _pending (piped once all of it is)
         self._proc: subprocess.Popen[bytes] | None = None
         self._child_errors = 0  # the current child's store errors so far (its own count)
         self._child_base = 0  # the number of the first entry the current child was sent
@@ -244,7 +254,7 @@ class ProcessWriter:
     def _write_end(self) -> None:
         """The end frame to the current child (self._lock held)."""
         try:
-            self._proc.stdin.write(self._end_frame())  # type: ignore[union-attr]
+            _write_all(self._proc.stdin.fileno(), self._end_frame())  # type: ignore[union-attr]
             self._proc.stdin.close()  # type: ignore[union-attr]
         except (OSError, ValueError):
             pass  # the child died: the receiver starts another and sends it the end
@@ -274,6 +284,7 @@ class ProcessWriter:
             proc.stdin.write(_frame(b"I", _dumps(init).encode()))
         except OSError:
             pass  # it died at once: the receiver sees it
+        os.set_blocking(proc.stdin.fileno(), False)  # a pump never waits for the pipe (_write_all where one may)
         lines = _lines(proc.stdout.fileno())
         hello = next(lines, b"")  # the child is up (or says why not)
         status = json.loads(hello) if hello.startswith(b"{") else {"fatal": "exited while starting"}
@@ -314,7 +325,9 @@ class ProcessWriter:
         backoff = 0.1
         while not self._stopped.is_set():
             try:
-                with self._lock:
+                with self._send_lock, self._lock:
+                    self._pending = memoryview(b"")  # the dead child's: all of it is in _unacked, resent below
+                    self._pending_entries = 0
                     if proc.stdin is not None:
                         try:
                             proc.stdin.close()
@@ -325,7 +338,7 @@ class ProcessWriter:
                         for first, data, offsets in self._unacked:  # what the dead child may not have stored
                             skip = self._acked - first
                             part = data[offsets[skip]:] if skip > 0 else data
-                            self._proc.stdin.write(part)  # type: ignore[union-attr]
+                            _write_all(self._proc.stdin.fileno(), part)  # type: ignore[union-attr]
                         if self._ended:  # the sender is done: the end it sent went to the dead child
                             self._write_end()
                     except (OSError, ValueError):
@@ -360,6 +373,24 @@ class ProcessWriter:
 
     # ------------------------------------------------------- the sender
 
+    def pump(self) -> None:
+        """Send what is queued now from the calling thread (the relay's: the
+        reactor calls this as it hands the C core's entries over), if that
+        needs no waiting: at most PUMP_MAX entries, none when the sender
+        thread is sending or the pipe is full. The sender thread would
+        otherwise take the GIL from the relay for it, and each hand-over of
+        the GIL between two busy threads stalls every session a while; here
+        it costs one non-blocking write."""
+        if not (self._queue or self._pending) or self._closing or not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            if self._pending and not self._write_pending(block=False):
+                return
+            if self._queue and not self._closing:
+                self._push(self._take(PUMP_MAX), block=False)
+        finally:
+            self._send_lock.release()
+
     def _send_loop(self) -> None:
         last = 0.0
         while True:
@@ -368,22 +399,30 @@ class ProcessWriter:
                 while left > 0 and len(self._queue) < self.batch and not self._closing and not self._urgent:
                     self._wake.wait(timeout=left)
                     left = self.interval - (time.monotonic() - last)
+                urgent = self._urgent
                 self._urgent = False
                 closing = self._closing
             last = time.monotonic()
-            while self._queue:
-                chunk = self._take()
-                self._send(chunk, more=bool(self._queue))
-            if closing:
-                with self._lock:
-                    self._ended = True  # a child started from now on is sent the end after the rest
-                    self._write_end()
-                return
+            with self._send_lock:
+                sent = self._write_pending(block=True)
+                while self._queue:
+                    self._push(self._take(8 * self.batch), block=True)
+                    sent = True
+                if sent or urgent:
+                    # The end of what was sent at once: the child writes it
+                    # now, not after its own interval.
+                    self._write(_WRITE, block=True)
+                if closing:
+                    with self._lock:
+                        self._ended = True  # a child started from now on is sent the end after the rest
+                        self._write_end()
+                    return
 
-    def _take(self) -> tuple[bytes, array.array]:
-        """What is queued (at most a few batches), encoded: one write."""
+    def _take(self, most: int) -> tuple[bytes, array.array]:
+        """What is queued (at most ``most`` entries), encoded: one write
+        (self._send_lock held)."""
         q = self._queue
-        n = min(len(q), 8 * self.batch)
+        n = min(len(q), most)
         self._taking = n
         parts: list[bytes] = []
         offsets = array.array("I")
@@ -408,23 +447,63 @@ class ProcessWriter:
             parts.append(frame)
         return b"".join(parts), offsets
 
-    def _send(self, chunk: tuple[bytes, array.array], *, more: bool = False) -> None:
-        """One write: the chunk, and (unless ``more`` follows at once) a
-        ``W``: the child writes what it has then, not at each read."""
+    def _push(self, chunk: tuple[bytes, array.array], *, block: bool) -> None:
+        """The chunk, as sent: numbered, kept until acknowledged, and
+        written (self._send_lock held; what the pipe does not take now
+        waits in _pending, ahead of anything else)."""
         data, offsets = chunk
-        if not more:
-            data += _WRITE
         with self._lock:
             first = self._sent
             self._unacked.append((first, data, offsets))
             self._sent += len(offsets)
             self._taking = 0
-            proc = self._proc
+        self._pending_entries = len(offsets)
+        self._write(data, block=block)
+
+    def _write(self, data: bytes, *, block: bool) -> bool:
+        """``data`` to the current child, nothing being pending (self._send_lock
+        held): True when the pipe took all of it."""
+        self._pending = memoryview(data)
+        return self._write_pending(block=block)
+
+    def _write_pending(self, *, block: bool) -> bool:
+        """Write what is pending (self._send_lock held); True when nothing is
+        left. Waits for the pipe only when ``block``. A child that died takes
+        nothing more: what it was sent is in _unacked, and the receiver
+        sends it to the next."""
+        proc = self._proc
+        while self._pending:
+            try:
+                fd = proc.stdin.fileno()  # type: ignore[union-attr]
+                n = os.write(fd, self._pending)
+            except BlockingIOError:
+                if not block:
+                    return False
+                try:
+                    select.select([], [fd], [], 0.5)  # the GIL is free meanwhile
+                except (OSError, ValueError):
+                    pass
+                continue
+            except (OSError, ValueError, AttributeError):
+                self._pending = memoryview(b"")
+                self._pending_entries = 0
+                return True
+            self._pending = self._pending[n:]
+        self.piped += self._pending_entries
+        self._pending_entries = 0
+        return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to a pipe that may not block, waiting as need be."""
+    view = memoryview(data)
+    while view:
         try:
-            proc.stdin.write(data)  # type: ignore[union-attr]  # blocks while the child is behind: the GIL is free meanwhile
-            self.piped += len(offsets)
-        except (OSError, ValueError):
-            pass  # the child died: the receiver starts another and sends it what is unacknowledged
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 0.5)
+            continue
+        view = view[n:]
 
 
 def _lines(fd: int):  # type: ignore[no-untyped-def]

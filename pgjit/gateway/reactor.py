@@ -639,6 +639,10 @@ class Reactor:
         self._done_due = 0.0
         # Set by the gateway when it keeps an audit trail: is its store failing?
         self.audit_degraded: Callable[[], bool] | None = None
+        # The audit writer's pump (pgjit.audit.process.ProcessWriter.pump):
+        # what is queued goes down its pipe from this thread as the cores'
+        # entries are handed over, not from a thread that takes the GIL.
+        self.audit_pump: Callable[[], None] | None = None
         self._degraded = False
         self._gate_reused_closed = 0  # Core.gate_reused of the sessions that ended
 
@@ -726,7 +730,7 @@ class Reactor:
         reports = _relaycore.run_slice(self._epfd, _BATCH, self._cores, self._bufs, budget_us)
         if reports is not None:
             self._dispatch(reports)
-        if self._dirty:
+        if self._dirty or self.audit_pump is not None:
             now = time.monotonic()
             if now >= self._done_due:
                 self._done_due = now + DONE_EVERY
@@ -771,6 +775,8 @@ class Reactor:
             if channel._tracker:
                 channel._submit_done()
         dirty.clear()
+        if self.audit_pump is not None:
+            self.audit_pump()
 
     def _poll(self) -> bool:
         if self.use_core:

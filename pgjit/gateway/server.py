@@ -159,6 +159,7 @@ class Gateway:
         if self.writer is not None:
             writer = self.writer
             self.reactor.audit_degraded = lambda: writer.failing
+            self.reactor.audit_pump = getattr(writer, "pump", None)
         # Each target's server at the last probe (None: not probed yet); the
         # probes run with the API, for /readyz and pgjit_upstream_up.
         self.upstream_up: dict[str, bool | None] = {name: None for name in config.targets}

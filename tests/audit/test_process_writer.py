@@ -130,6 +130,61 @@ def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(tmp_path):
     assert report.chains == 2
 
 
+def _pump_returns(w) -> bool:  # type: ignore[no-untyped-def]
+    """pump() from another thread: whether it came back (a pump that waited
+    for a stopped child's full pipe would stall the relay's every session)."""
+    t = threading.Thread(target=w.pump, daemon=True)
+    t.start()
+    t.join(10)
+    return not t.is_alive()
+
+
+@pytest.mark.parametrize("then", ["resume", "kill"])
+def test_the_relay_threads_pump_never_waits_for_the_pipe(tmp_path, then):
+    """The relay's thread sends what is queued itself (pump) without ever
+    waiting: with the child stopped, the pipe fills, a frame is cut where the
+    pipe took no more, and each pump returns; the rest waits (for the next
+    pump or the sender thread). Resumed, the child stores every record once,
+    in order; killed, the next child is given all it had not stored."""
+    url = st.sqlite_url(tmp_path / "audit.db")
+    st.upgrade(url)
+    w = ProcessWriter(url, KEY, interval=3600.0, batch=10**9, checkpoint_every=100_000).start()
+    first = w._proc
+    first.send_signal(signal.SIGSTOP)
+    big = "x" * 20_000  # records larger than a pipe page: the pipe takes part of one
+    n = 0
+    try:
+        for _ in range(400):
+            w.submit({"kind": "test_record", "session_id": "s", "person": "p", "target": None, "decision": None,
+                      "body": {"text": f"select {n}", "pad": big}})
+            n += 1
+            assert _pump_returns(w)
+            if w._pending:
+                break
+        assert w._pending, "the pipe never filled"
+        for _ in range(20):  # more queued behind the cut frame: each pump still returns, sending nothing
+            w.submit({"kind": "test_record", "session_id": "s", "person": "p", "target": None, "decision": None,
+                      "body": {"text": f"select {n}", "pad": big}})
+            n += 1
+            assert _pump_returns(w)
+        assert len(w._queue) >= 20 and w.depth == n
+    finally:
+        if then == "kill":
+            first.send_signal(signal.SIGKILL)
+        first.send_signal(signal.SIGCONT)
+    assert w.flush(60), (w.depth, w.last_error)
+    assert w.close(30)
+    store = st.Store(url)
+    rows = list(store.records())
+    store.close()
+    texts = [int(r["body"]["text"].split()[1]) for r in rows if r["kind"] == "test_record"]
+    if then == "resume":
+        assert texts == list(range(n))
+    else:
+        assert sorted(set(texts)) == list(range(n)) and w.children == 2
+    assert verify(rows, KEY).ok
+
+
 def test_a_gateway_that_dies_leaves_what_it_sent_written(tmp_path):
     """The gateway's process is killed: the child reads its pipe to the end,
     writes everything sent and a final checkpoint, and exits."""
