@@ -8,14 +8,19 @@ on pgbench -S, 8 clients, the audit cost 21 % of TPS although the writer's
 own work was under 4 % of a core (BENCHMARKS.md, "Audit"). Here it runs in
 a child process (``python -m pgjit.audit.process``), the same Writer
 (pgjit.audit.writer) on the same Store, and the gateway keeps only what
-must stay with the statements: the bounded queue, and a sender thread that
-every ``interval`` (or when a batch's worth waits) takes the queue, builds
-the Deferred records (they refer to live Statements), and writes them down
-a pipe in one write.
+must stay with the statements: the bounded queue, and the sending. What
+is queued is taken, the Deferred records built (they refer to live
+Statements), and written down the pipe in one write by ``pump``, which the
+relay's own thread calls as it hands the C cores' entries over: the pipe
+never blocks it (what it did not take of a frame waits, ahead of the rest,
+for the next send), and no other thread takes the GIL from the relay for
+it. A sender thread sends what the pumps leave (the pipe was full, more
+than a pump takes, an idle reactor) every ``interval`` or when a batch's
+worth waits, and the end frame at shutdown.
 
 ProcessWriter has the Writer's interface (submit, flush, close, depth,
 failing, store_errors, written, last_error, chain, on_error), so the
-gateway cannot tell them apart. What it adds:
+gateway cannot tell them apart. What it adds (and ``pump``):
 
 - **Acknowledgements.** The child writes a status line (JSON) after each
   batch it stored or failed to store: the queue entries it has stored so
