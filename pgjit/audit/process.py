@@ -409,7 +409,8 @@ class ProcessWriter:
                 closing = self._closing
             last = time.monotonic()
             with self._send_lock:
-                sent = self._write_pending(block=True)
+                sent = bool(self._pending)
+                self._write_pending(block=True)
                 while self._queue:
                     self._push(self._take(8 * self.batch), block=True)
                     sent = True
