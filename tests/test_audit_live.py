@@ -395,3 +395,116 @@ def test_a_writer_process_killed_mid_session_loses_no_statement(pg, tmp_path):
         assert report.ok and report.chains == 2, report.problems
     finally:
         gw.stop(signal.SIGKILL)
+
+
+def _cluster_pids(cluster) -> list[int]:
+    """The postmaster of a test cluster and its children (its backends)."""
+    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    return [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+class _Refused(Exception):
+    def __init__(self, sqlstate: str | None, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _run(conn, sql: str, protocol: str) -> None:
+    """One statement: a simple-protocol Query (libpq's PQexec: the C core
+    relays and tracks it) or, with a parameter, psycopg's extended protocol
+    (Parse/Bind/Execute: the Python path); its text is then ``sql + $1``."""
+    if protocol == "extended":
+        try:
+            conn.execute(sql + " + %s", (0,))
+        except psycopg.errors.SystemError as e:
+            raise _Refused(e.sqlstate, str(e)) from None
+        return
+    from psycopg import pq
+
+    res = conn.pgconn.exec_(sql.encode())
+    if res.status == pq.ExecStatus.FATAL_ERROR:
+        raise _Refused((res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode(), res.error_message.decode())
+    assert res.status == pq.ExecStatus.TUPLES_OK, res.status
+
+
+def _ready(gw) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.extra['api_port']}/readyz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_store_that_stops_answering_fails_closed_and_loses_nothing(pg, pg_factory, tmp_path, protocol):
+    """The store's server stops answering without an error (SIGSTOP: a hung
+    host, packets dropped): its connection stays open and each write waits.
+    After audit.writer.STALL_SECONDS the gateway is not ready, naming the
+    store; sessions the C core relays leave its path (their records would
+    otherwise pile up unbounded); new statements are refused with 58000 once
+    the buffer is full; the session goes on; the store answers again, the
+    statements run again, and every statement that ran is in the store."""
+    store_pg = pg_factory()
+    url = store_pg.url(dbname="postgres")
+    audit_store.upgrade(url)
+    gw = start_gateway(tmp_path / "gw", pg, targets=_target(pg, tmp_path), store={"url": url}, api={"port": 0},
+                       audit={"checkpoint_key": KEY, "buffer": 200})
+    ran: list[int] = []
+    frozen: list[int] = []
+    try:
+        with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+            for i in range(20):
+                _run(conn, f"select {i}", protocol)
+                ran.append(i)
+            assert _ready(gw)[0] == 200
+            frozen = _cluster_pids(store_pg)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            refused = None
+            deadline = time.monotonic() + 60
+            i = 20
+            while refused is None and time.monotonic() < deadline:
+                try:
+                    _run(conn, f"select {i}", protocol)
+                    ran.append(i)
+                except _Refused as e:
+                    refused = e
+                i += 1
+            assert refused is not None, f"{len(ran) - 20} statements ran while the store did not answer, none refused"
+            assert refused.sqlstate == "58000" and "cannot record this statement" in str(refused), str(refused)
+            deadline = time.monotonic() + 30
+            while True:  # not ready, and why: the store does not answer (audit.writer.STALL_SECONDS)
+                status, body = _ready(gw)
+                if status == 503 and "has not answered" in body["checks"]["store"]["detail"]:
+                    break
+                assert time.monotonic() < deadline, body
+                time.sleep(0.2)
+            assert not body["checks"]["store"]["ok"]
+            with pytest.raises(_Refused):  # still refused
+                _run(conn, "select 2", protocol)
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            frozen = []
+            deadline = time.monotonic() + 30
+            while True:  # the writer catches up; statements run again
+                try:
+                    _run(conn, "select 1", protocol)
+                    break
+                except _Refused:
+                    assert time.monotonic() < deadline, "statements still refused after the store answered again"
+                    time.sleep(0.2)
+        _wait_closed(gw)
+        assert gw.stop() == 0
+        rows = _records(url)
+        sid = _session_ids(rows)[-1]
+        texts = [s["body"]["text"] for s, r in _statements(rows, sid) if r and r["body"]["outcome"] == "ok"]
+        tail = " + $1" if protocol == "extended" else ""
+        assert texts == [f"select {i}{tail}" for i in ran] + [f"select 1{tail}"]
+        assert verify(rows, KEY.encode()).ok
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        gw.stop(signal.SIGKILL)

@@ -65,7 +65,7 @@ import time
 from typing import Any, Callable
 
 from pgjit.audit.errors import short_error
-from pgjit.audit.writer import AuditUnavailable, Deferred, Entries
+from pgjit.audit.writer import AuditUnavailable, Deferred, Entries, WriterHealth
 
 log = logging.getLogger("pgjit.audit.process")
 
@@ -108,7 +108,7 @@ def _frame(kind: bytes, payload: bytes) -> bytes:
 _WRITE = _frame(b"W", b"")
 
 
-class ProcessWriter:
+class ProcessWriter(WriterHealth):
     """The gateway's side of the audit writer process (module docstring)."""
 
     def __init__(
@@ -151,6 +151,11 @@ class ProcessWriter:
         # What was sent and not acknowledged: (number of its first entry,
         # the bytes sent, each entry's offset in them), for a child that dies.
         self._unacked: collections.deque[tuple[int, bytes, array.array]] = collections.deque()
+        # Since when the child owes an acknowledgement (0.0: it owes none):
+        # the oldest unacknowledged send, or the last acknowledgement that
+        # left some owing. STALL_SECONDS of it and the writer is failing
+        # (WriterHealth): a store that does not answer gives no error.
+        self._ack_since = 0.0
         self._lock = threading.Lock()  # _unacked, _acked and the child, between the sender and the receiver
         # One sender at a time, the relay's thread (pump) or the sender
         # thread; taken before _lock. What the pipe has not taken yet of the
@@ -184,6 +189,9 @@ class ProcessWriter:
     def depth(self) -> int:
         """Entries queued here, or sent and not yet in the store."""
         return len(self._queue) + self._taking + self._sent - self._acked
+
+    def _waiting_since(self) -> float:
+        return self._ack_since
 
     def start(self) -> "ProcessWriter":
         with self._lock:
@@ -364,6 +372,7 @@ class ProcessWriter:
                 u = self._unacked
                 while u and u[0][0] + len(u[0][2]) <= stored:
                     u.popleft()
+                self._ack_since = time.monotonic() if self._sent > stored else 0.0
             new_errors = errors - self._child_errors
             self._child_errors = errors
         self.written += int(status.get("written_delta", 0))
@@ -460,6 +469,8 @@ class ProcessWriter:
         data, offsets = chunk
         with self._lock:
             first = self._sent
+            if self._sent == self._acked:
+                self._ack_since = time.monotonic()
             self._unacked.append((first, data, offsets))
             self._sent += len(offsets)
             self._taking = 0

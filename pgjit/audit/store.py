@@ -42,6 +42,8 @@ records = sa.Table(
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: Seconds a PostgreSQL store's connect may take (libpq's connect_timeout).
+CONNECT_TIMEOUT = 10
 
 
 class StoreError(Exception):
@@ -67,7 +69,12 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    # A store host that does not answer (a dropped route, a firewall that
+    # drops SYNs) fails a connect after this long instead of the kernel's two
+    # minutes: the writer retries, and the gateway's readiness says why.
+    # A connect_timeout in the URL wins.
+    connect_args = {} if "connect_timeout=" in url else {"connect_timeout": CONNECT_TIMEOUT}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=connect_args)
 
 
 def _alembic_config(engine: Engine):  # type: ignore[no-untyped-def]

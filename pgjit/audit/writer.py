@@ -44,6 +44,75 @@ GROUP_MAX = 64
 
 _ANY = object()  # a result's entry: it goes with any policy hash
 
+#: A write outstanding this long (for the writer process: sent and not
+#: acknowledged) means the store does not answer: a server that stopped
+#: (SIGSTOP, a hung disk) or a network that drops packets takes no error,
+#: only time. The writer then counts as failing (readiness, metrics, the C
+#: path left) until the store answers again.
+STALL_SECONDS = 5.0
+
+
+class WriterHealth:
+    """``failing``, ``last_error`` and ``degraded``, shared by Writer and
+    pgjit.audit.process.ProcessWriter: failing when the last write failed
+    or one has been outstanding for STALL_SECONDS (``_waiting_since``: the
+    monotonic time it started, 0.0 when none is), degraded when failing or
+    ``capacity`` records wait."""
+
+    capacity: int
+    _failing = False
+    _last_error = ""
+    _behind = False  # capacity records waited, and half of them have not drained yet
+
+    def _waiting_since(self) -> float:  # pragma: no cover - each writer says
+        raise NotImplementedError
+
+    @property
+    def depth(self) -> int:  # pragma: no cover - each writer says
+        raise NotImplementedError
+
+    def _stalled_for(self) -> float:
+        since = self._waiting_since()
+        if not since:
+            return 0.0
+        waited = time.monotonic() - since
+        return waited if waited >= STALL_SECONDS else 0.0
+
+    @property
+    def failing(self) -> bool:
+        """The last write failed, or the store has not answered for STALL_SECONDS."""
+        return self._failing or bool(self._stalled_for())
+
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        self._failing = value
+
+    @property
+    def last_error(self) -> str:
+        if not self._failing:
+            waited = self._stalled_for()
+            if waited:
+                return f"the audit store has not answered for {waited:.0f} s"
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, value: str) -> None:
+        self._last_error = value
+
+    @property
+    def degraded(self) -> bool:
+        """Statements must have their records queued before they go upstream
+        (the relay's Python path), and may be refused: the store fails, or
+        ``capacity`` records wait (a slow store). The C core's path, which
+        queues a statement's record after it ran, is left meanwhile, so
+        that what waits stays bounded (the C core's statements in flight and
+        those it finished since its entries were last taken: 10 ms' worth)."""
+        if self._behind:  # until half of it has drained: not a flip per record at the bound
+            self._behind = self.depth > self.capacity // 2
+        else:
+            self._behind = self.depth >= self.capacity
+        return self._failing or self._behind or bool(self._stalled_for())
+
 
 def _json_value(v: str | None) -> str:
     return "null" if v is None else _encode_str(v)
@@ -147,7 +216,7 @@ class Entries:
         return sid, person, target, policy_hash, f[5:nl].decode("utf-8", "surrogatepass"), count, at_us
 
 
-class Writer:
+class Writer(WriterHealth):
     def __init__(
         self,
         store: Any,  # pgjit.audit.store.Store, or anything with append(list[dict])
@@ -180,8 +249,9 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.written = 0
         self.store_errors = 0
-        self.failing = False  # the last write failed (readiness, metrics)
+        self.failing = False  # the last write failed (readiness, metrics); or one is stalled (WriterHealth)
         self.last_error = ""
+        self._append_since = 0.0  # when the write in progress started (0.0: none is)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._inflight: list[dict[str, Any]] = []
@@ -203,6 +273,9 @@ class Writer:
     def depth(self) -> int:
         """Records queued or being written (a batch being sealed counts one)."""
         return len(self._queue) + len(self._inflight) + self._sealing
+
+    def _waiting_since(self) -> float:
+        return self._append_since
 
     def start(self) -> "Writer":
         self._thread = threading.Thread(target=self._run, name="pgjit-audit-writer", daemon=True)
@@ -282,9 +355,11 @@ class Writer:
                 if closing:
                     return
                 continue
+            self._append_since = time.monotonic()
             try:
                 self.store.append(self._inflight)
             except Exception as e:  # the store is down: keep the batch, retry
+                self._append_since = 0.0
                 self.store_errors += 1
                 self.failing = True
                 self.last_error = short_error(e)
@@ -296,8 +371,9 @@ class Writer:
                 time.sleep(backoff)
                 backoff = min(self.retry_max, backoff * 2)
                 continue
-            if self.failing:
+            if self.failing:  # failed, or took STALL_SECONDS
                 log.info("audit store writable again", extra={"written": len(self._inflight)})
+            self._append_since = 0.0
             self.failing = False
             backoff = 0.05
             self.written += len(self._inflight)

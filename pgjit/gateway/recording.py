@@ -74,9 +74,11 @@ class SessionRecorder:
 
     @property
     def degraded(self) -> bool:
-        """The store is failing: statements must be recorded before they go
-        up (the relay's Python path), not after (the C core's log)."""
-        return self.writer.failing
+        """The store is failing or behind (pgjit.audit.writer.WriterHealth):
+        statements must be recorded before they go up (the relay's Python
+        path, which refuses them when the buffer is full), not after (the C
+        core's log, which must not grow while the store does not answer)."""
+        return self.writer.degraded
 
     def _statement_record(self, st: Statement, protocol: str, decision: str, rule: str | None) -> dict[str, Any]:
         text, fingerprint = self._text(st)

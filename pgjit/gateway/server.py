@@ -158,7 +158,7 @@ class Gateway:
         self.reactor: Reactor | None = Reactor()
         if self.writer is not None:
             writer = self.writer
-            self.reactor.audit_degraded = lambda: writer.failing
+            self.reactor.audit_degraded = lambda: writer.degraded
             self.reactor.audit_pump = getattr(writer, "pump", None)
         # Each target's server at the last probe (None: not probed yet); the
         # probes run with the API, for /readyz and pgjit_upstream_up.
@@ -359,7 +359,15 @@ class Gateway:
             checks[f"upstream:{name}"] = (bool(up), self.upstream_detail[name])
         if self.writer is not None:
             w = self.writer
-            checks["store"] = (not w.failing, f"{w.depth} records queued" + (f"; writes failing: {w.last_error}" if w.failing else ""))
+            # Not ready while writes fail, the store has not answered for a
+            # while, or the buffer is full (statements are being refused).
+            failing, depth = w.failing, w.depth
+            detail = f"{depth} records queued"
+            if failing:
+                detail += f"; writes failing: {w.last_error}"
+            elif depth >= w.capacity:
+                detail += f"; the buffer is full ({w.capacity}): writes are behind"
+            checks["store"] = (not failing and depth < w.capacity, detail)
         for name, keeper in self.catalogs.items():
             loaded = keeper.loaded.is_set()
             checks[f"catalog:{name}"] = (loaded, "loaded" if loaded else (keeper.last_error or "loading"))

@@ -1,0 +1,81 @@
+"""WriterHealth (pgjit.audit.writer): a write that takes no error but no
+answer either counts as failing after STALL_SECONDS, names why, and clears
+when the store answers; a full buffer makes the writer degraded until half
+of it has drained. The live test with a stopped store server is in
+tests/test_audit_live.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pgjit.audit import writer as audit_writer
+from pgjit.audit.writer import Writer
+
+KEY = b"writer-health-test-key-0123456789"
+
+
+class HangingStore:
+    """A store whose appends wait until ``release`` is set (a server that
+    stopped answering), then take the rows."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.rows: list[dict] = []
+
+    def append(self, rows: list[dict]) -> None:
+        self.entered.set()
+        assert self.release.wait(30), "never released"
+        self.rows.extend(rows)
+
+
+def _record(i: int) -> dict:
+    return {"kind": "config_load", "session_id": None, "person": None, "target": None, "decision": None,
+            "body": {"i": i}}
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_write_that_hangs_is_failing_after_the_stall_and_clears_after(monkeypatch):
+    monkeypatch.setattr(audit_writer, "STALL_SECONDS", 1.0)
+    store = HangingStore()
+    w = Writer(store, KEY, interval=0.01).start()
+    try:
+        w.submit(_record(0))
+        assert store.entered.wait(10)
+        assert not w.failing and not w.degraded  # a write in progress is not a stall yet
+        _until(lambda: w.failing)
+        assert "has not answered for" in w.last_error
+        assert w.degraded
+        assert w.store_errors == 0  # no error was raised: only time passed
+        store.release.set()
+        _until(lambda: not w.failing)
+        assert w.flush(10)
+        assert not w.degraded and w.last_error == ""
+        assert [r["body"] for r in store.rows if r["kind"] == "config_load"] == [{"i": 0}]
+    finally:
+        store.release.set()
+        w.close(10)
+
+
+def test_a_full_buffer_is_degraded_until_half_has_drained():
+    store = HangingStore()
+    w = Writer(store, KEY, capacity=10, interval=0.01)  # not started: nothing drains
+    for i in range(9):
+        w.submit(_record(i))
+    assert not w.degraded
+    w.submit(_record(9))
+    assert w.degraded and not w.failing  # behind, not failing: readiness says so (server.readiness)
+    for _ in range(4):
+        w._queue.popleft()  # drained to 6: still above half
+    assert w.degraded
+    w._queue.popleft()  # 5: half
+    assert not w.degraded
+    w._queue.append(_record(10))  # 6 again: under the bound, not degraded until it is reached
+    assert not w.degraded
