@@ -48,3 +48,29 @@ def configure(level: str = "info", file: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class Throttle:
+    """At most one line per ``interval`` seconds for a message that can come
+    once per statement (a statement refused or run unrecorded while the
+    audit store is down: a client retrying in a loop must not flood the
+    log). The first comes at once; the next after ``interval``, with
+    ``suppressed``: how many were not logged in between. The metrics count
+    every one."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def __call__(self, logger: logging.Logger, level: int, msg: str, extra: dict[str, object]) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return False
+        self._next = now + self.interval
+        if self._suppressed:
+            extra = dict(extra, suppressed=self._suppressed)
+            self._suppressed = 0
+        logger.log(level, msg, extra=extra)
+        return True

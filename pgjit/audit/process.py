@@ -96,6 +96,9 @@ PIPE_SIZE = 1 << 20
 NICE = 10
 #: The longest wait between two attempts to start a child that died.
 RESPAWN_MAX = 5.0
+#: Seconds a writer process may take to start (its store opened: a
+#: PostgreSQL store's connect gives up after 10 s, pgjit.audit.store).
+START_TIMEOUT = 30.0
 #: Queue entries one pump (the relay's own thread) takes at most: the
 #: rest waits for the next pump or the sender thread.
 PUMP_MAX = 256
@@ -299,8 +302,14 @@ class ProcessWriter(WriterHealth):
             pass  # it died at once: the receiver sees it
         os.set_blocking(proc.stdin.fileno(), False)  # a pump never waits for the pipe (_write_all where one may)
         lines = _lines(proc.stdout.fileno())
-        hello = next(lines, b"")  # the child is up (or says why not)
-        status = json.loads(hello) if hello.startswith(b"{") else {"fatal": "exited while starting"}
+        # The child is up (or says why not) within START_TIMEOUT: one that
+        # hangs while starting must not hold the gateway's start, or the
+        # locks a respawn holds, for ever.
+        if select.select([proc.stdout.fileno()], [], [], START_TIMEOUT)[0]:
+            hello = next(lines, b"")
+            status = json.loads(hello) if hello.startswith(b"{") else {"fatal": "exited while starting"}
+        else:
+            status = {"fatal": f"no answer within {START_TIMEOUT:g} s"}
         if "fatal" in status:
             proc.kill()
             proc.wait()

@@ -16,12 +16,14 @@ import logging
 from typing import Any
 
 from pgjit import metrics
+from pgjit.logs import Throttle
 from pgjit.audit import records
 from pgjit.audit.writer import AuditUnavailable, Deferred, Entries, entries_trailer
 from pgjit.gateway.statements import Statement
 from pgjit.policy.gate import shape_key, statement_fingerprint
 
 log = logging.getLogger("pgjit.gateway.recording")
+_UNRECORDED_LOG = Throttle()  # one line per 10 s at most, for all sessions (the metric counts each)
 
 
 _FINGERPRINTS: dict[bytes, str | None] = {}  # shape key -> fingerprint (bounded below)
@@ -133,7 +135,8 @@ class SessionRecorder:
             metrics.AUDIT_UNRECORDED.labels("fail_open" if self.fail_open else "fail_closed").inc()
             if not self.fail_open:
                 raise
-            log.warning("statement runs unrecorded (audit.on_store_failure: fail_open)", extra={"session": self.session_id})
+            _UNRECORDED_LOG(log, logging.WARNING, "statement runs unrecorded (audit.on_store_failure: fail_open)",
+                            {"session": self.session_id})
 
     def result(self, st: Statement) -> None:
         """The statement finished (nothing of it changes any more)."""

@@ -42,6 +42,7 @@ from pgjit.errors import (
 )
 from pgjit.config import LimitsConfig
 from pgjit.gateway.lexstate import lexer_state_problem
+from pgjit.logs import Throttle
 from pgjit.policy import ParseFailure
 from pgjit.policy.facts import merge_facts
 from pgjit.policy.gate import Gate, ShapeVerdicts, statement_fingerprint
@@ -52,6 +53,7 @@ from pgjit.gateway.statements import Statement, StatementQueue
 from pgjit.masking.wire import Masker, Refused as MaskRefused
 
 log = logging.getLogger("pgjit.gateway.relay")
+_REFUSED_LOG = Throttle()  # one line per 10 s at most, for all sessions (the metric counts each)
 
 _U32 = struct.Struct("!I")
 _I32 = struct.Struct("!i")
@@ -747,7 +749,8 @@ class Relay:
     def _unrecorded(self, st: Statement) -> PgjitError:
         from pgjit.errors import AuditUnavailableError
 
-        log.warning("statement refused: audit trail unavailable", extra={"session": self.session_id, "error": self._audit_error})
+        _REFUSED_LOG(log, logging.WARNING, "statement refused: audit trail unavailable",
+                     {"session": self.session_id, "error": self._audit_error})
         return AuditUnavailableError(
             "pgjit cannot record this statement, so it did not run: the audit store is unreachable and its buffer is full",
             detail=self._audit_error or None,

@@ -236,6 +236,33 @@ def test_a_child_that_cannot_start_says_why(tmp_path):
         ProcessWriter("sqlite:///" + str(tmp_path / "no" / "such" / "dir" / "audit.db"), KEY).start()
 
 
+def test_a_child_that_hangs_while_starting_is_given_up_on(tmp_path, monkeypatch):
+    """A writer process that never says it is up (hung on its store, say)
+    is killed after START_TIMEOUT, and the start fails saying so: neither the
+    gateway's start nor a respawn waits for ever."""
+    import os
+    import signal
+
+    from pgjit.audit import process
+    from pgjit.audit.store import StoreError
+
+    monkeypatch.setattr(process, "START_TIMEOUT", 1.0)
+    pidfile = tmp_path / "pid"
+    hang = tmp_path / "hang.sh"
+    hang.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 600\n")
+    hang.chmod(0o755)
+    with pytest.raises(StoreError, match="no answer within 1 s"):
+        ProcessWriter("sqlite:///" + str(tmp_path / "audit.db"), KEY, python=str(hang)).start()
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # killed and reaped
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the hung writer process was left running")
+
+
 @settings(max_examples=25, deadline=None)
 @given(sizes=st_.lists(st_.one_of(st_.integers(0, 300), st_.integers(60_000, 70_000)), max_size=40),
        cuts=st_.lists(st_.integers(1, 200_000), min_size=1, max_size=20))

@@ -79,3 +79,23 @@ def test_a_full_buffer_is_degraded_until_half_has_drained():
     assert not w.degraded
     w._queue.append(_record(10))  # 6 again: under the bound, not degraded until it is reached
     assert not w.degraded
+
+
+def test_a_refusal_per_statement_is_one_log_line_per_interval(caplog):
+    """pgjit.logs.Throttle, as the relay uses it for 'statement refused:
+    audit trail unavailable': a client retrying in a loop gives one line,
+    then one per interval saying how many were not logged."""
+    import logging
+
+    from pgjit.logs import Throttle
+
+    log = logging.getLogger("pgjit.test.throttle")
+    throttle = Throttle(interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="pgjit.test.throttle"):
+        logged = [throttle(log, logging.WARNING, "refused", {"session": "s"}) for _ in range(1000)]
+        assert logged.count(True) == 1 and logged[0]
+        time.sleep(0.25)
+        assert throttle(log, logging.WARNING, "refused", {"session": "s"})
+    lines = [r for r in caplog.records if r.name == "pgjit.test.throttle"]
+    assert len(lines) == 2
+    assert getattr(lines[1], "suppressed") == 999 and not hasattr(lines[0], "suppressed")
