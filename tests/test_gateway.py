@@ -401,3 +401,51 @@ def test_sigterm_grace_expires_for_long_query(make_gateway, pg):
     assert gw.proc.wait(10) == 0
     # The upstream query was cancelled, not left running for nobody.
     assert wait_for(lambda: backends(pg, name) == 0, 3)
+
+
+def test_tls_on_both_sides_relays_through_the_c_core_with_channel_binding(tmp_path):
+    """Client TLS and upstream TLS (verify-full) at once: the session is
+    relayed by the reactor's C core on both TLS objects (issue 14: the same
+    path as plain TCP), the results are the server's, and pgjit's SCRAM login
+    upstream is bound to the TLS channel (SCRAM-SHA-256-PLUS,
+    tls-server-end-point), as the session's closing log line says."""
+    from pgjit.devtools.pgcluster import PgCluster, make_temp_base
+    from pgjit.gateway.reactor import c_core_enabled
+    from tests.gateway_fixtures import start_gateway, write_tls_files
+
+    base = make_temp_base("pgjit-ssl-")
+    cluster = PgCluster(base / "data", ssl=True)
+    cluster.init()
+    cluster.start()
+    try:
+        cluster.bootstrap_test_roles()
+        (tmp_path / "client-tls").mkdir()
+        files = write_tls_files(tmp_path / "client-tls")
+        gw = start_gateway(
+            tmp_path / "gw-tls2", cluster, tls={"cert": files["cert"], "key": files["key"]},
+            **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app",
+                                     "password": "apppass", "tls": {"mode": "verify-full", "ca": str(cluster.ca_path)}}}},
+        )
+        try:
+            query = "select g, repeat('x', g % 300) from generate_series(1, 20000) g"
+            with psycopg.connect(cluster.dsn("app", "apppass", "appdb")) as direct:
+                want = direct.execute(query).fetchall()
+            with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"], host="localhost")) as conn:
+                assert conn.pgconn.ssl_in_use
+                assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
+                for i in range(50):  # simple-protocol round trips, the C core's own kind
+                    assert conn.pgconn.exec_(b"select %d" % i).get_value(0, 0) == b"%d" % i
+                assert conn.execute(query).fetchall() == want
+            deadline = time.monotonic() + 10
+            while not (closed := [r for r in gw.logs() if r.get("msg") == "session closed"]):
+                assert time.monotonic() < deadline, "no session closed line"
+                time.sleep(0.05)
+            line = closed[-1]
+            assert (line["tls"], line["upstream_tls"], line["upstream_auth"]) == (True, True, "SCRAM-SHA-256-PLUS"), line
+            assert (line["relay"], line["relay_core"]) == ("reactor", c_core_enabled()), line
+        finally:
+            gw.stop()
+    finally:
+        cluster.stop()
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

@@ -180,7 +180,9 @@ class Session:
                 "session closed",
                 extra={"reason": self.end_reason, "seconds": round(time.monotonic() - self.started, 3),
                        "tls": bool(getattr(self.client, "tls", False)), "relay": self._relayed_by,
-                       "relay_core": self._relay_core},
+                       "relay_core": self._relay_core,
+                       "upstream_tls": bool(self.upstream is not None and self.upstream.transport.tls),
+                       "upstream_auth": self.upstream.auth if self.upstream is not None else None},
             )
             logs.session_id.reset(token)
 

@@ -72,6 +72,7 @@ class UpstreamConnection:
     port: int = 0
     tls_mode: str = "disable"
     tls_ctx: ssl.SSLContext | None = None
+    auth: str = ""  # how pgjit logged in (_authenticate): SCRAM-SHA-256-PLUS over TLS when the server offers it
 
     @property
     def transport(self) -> Transport:
@@ -159,8 +160,8 @@ async def connect_upstream(
         params["user"] = user
         params["database"] = database
         await stream.send(m.StartupMessage(params))
-        await _authenticate(stream, user, password)
-        conn = UpstreamConnection(stream, None, host=host, port=port, tls_mode=tls_mode, tls_ctx=tls_ctx)
+        auth = await _authenticate(stream, user, password)
+        conn = UpstreamConnection(stream, None, host=host, port=port, tls_mode=tls_mode, tls_ctx=tls_ctx, auth=auth)
         while True:
             tag, body = await stream.read_frame()
             if tag == b"Z":
@@ -193,7 +194,9 @@ def _upstream_refused(err: m.ErrorResponse) -> UpstreamUnavailable:
     )
 
 
-async def _authenticate(stream: MessageStream, user: str, password: str | None) -> None:
+async def _authenticate(stream: MessageStream, user: str, password: str | None) -> str:
+    """Log in as the server asks; the method used (trust, password, md5,
+    or the SASL mechanism: SCRAM-SHA-256-PLUS binds it to the TLS channel)."""
     tag, body = await stream.read_frame()
     if tag == b"E":
         raise _upstream_refused(m.ErrorResponse.decode(body))
@@ -201,13 +204,15 @@ async def _authenticate(stream: MessageStream, user: str, password: str | None) 
         raise ProtocolError(f"expected an authentication request, got {tag!r}")
     req = m.decode_backend(tag, body)
     if isinstance(req, m.AuthenticationOk):
-        return
+        return "trust"
     if password is None:
         raise UpstreamUnavailable("the upstream server asks for a password and none is configured")
     if isinstance(req, m.AuthenticationCleartextPassword):
         await stream.send(m.PasswordMessage(password.encode("utf-8") + b"\x00"))
+        method = "password"
     elif isinstance(req, m.AuthenticationMD5Password):
         await stream.send(m.PasswordMessage(md5_password(user, password, req.salt).encode("ascii") + b"\x00"))
+        method = "md5"
     elif isinstance(req, m.AuthenticationSASL):
         binding = None
         if MECHANISM_PLUS in req.mechanisms and stream.transport.tls:
@@ -229,6 +234,7 @@ async def _authenticate(stream: MessageStream, user: str, password: str | None) 
         if not isinstance(final, m.AuthenticationSASLFinal):
             raise ProtocolError("expected AuthenticationSASLFinal")
         scram.verify_server_final(final.data)
+        method = scram.mechanism
     else:
         raise UpstreamUnavailable(
             f"the upstream server asks for {type(req).__name__}, which pgjit does not support"
@@ -236,6 +242,7 @@ async def _authenticate(stream: MessageStream, user: str, password: str | None) 
     ok = await _expect_auth(stream)
     if not isinstance(ok, m.AuthenticationOk):
         raise ProtocolError("expected AuthenticationOk")
+    return method
 
 
 async def _expect_auth(stream: MessageStream) -> m.Message:
