@@ -27,7 +27,9 @@ gateway cannot tell them apart. What it adds (and ``pump``):
   far, its errors, whether it is failing. ``depth`` is what is queued here
   plus what was sent and not yet acknowledged; ``submit`` refuses (fail
   closed) once that reaches ``capacity``, as the thread writer does while
-  the store is down.
+  the store is down. Sent and not acknowledged for STALL_SECONDS, the
+  writer is ``failing`` (a store that stopped answering gives no error;
+  pgjit.audit.writer.WriterHealth).
 - **A child that dies** (killed, out of memory) is started again, with a
   new chain (the old one ends without a final checkpoint, as a gateway
   crash leaves it), and everything sent to it and not acknowledged is sent
