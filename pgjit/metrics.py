@@ -155,6 +155,10 @@ class _GatewayState(Collector):
         if "audit_queue" in state:
             yield GaugeMetricFamily("pgjit_audit_queue_depth", "Audit records queued, not yet in the store (the relay core's included)",
                                     value=state["audit_queue"])
+        if "audit_store_up" in state:
+            yield GaugeMetricFamily("pgjit_audit_store_up", "1 while the audit store takes writes; 0 while they fail or it has "
+                                    "not answered for 5 s (pgjit.audit.writer.STALL_SECONDS)",
+                                    value=1 if state["audit_store_up"] else 0)
         yield CounterMetricFamily(
             "pgjit_gate_reused",
             "Queries the relay core let through on the verdict the gate gave earlier in the session for their "

@@ -438,6 +438,16 @@ def _ready(gw) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def _store_up(gw) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.extra['api_port']}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("pgjit_audit_store_up "):
+                return float(line.split()[1])
+    raise AssertionError("no pgjit_audit_store_up in /metrics")
+
+
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_a_store_that_stops_answering_fails_closed_and_loses_nothing(pg, pg_factory, tmp_path, protocol):
     """The store's server stops answering without an error (SIGSTOP: a hung
@@ -459,7 +469,7 @@ def test_a_store_that_stops_answering_fails_closed_and_loses_nothing(pg, pg_fact
             for i in range(20):
                 _run(conn, f"select {i}", protocol)
                 ran.append(i)
-            assert _ready(gw)[0] == 200
+            assert _ready(gw)[0] == 200 and _store_up(gw) == 1
             frozen = _cluster_pids(store_pg)
             for pid in frozen:
                 os.kill(pid, signal.SIGSTOP)
@@ -483,6 +493,7 @@ def test_a_store_that_stops_answering_fails_closed_and_loses_nothing(pg, pg_fact
                 assert time.monotonic() < deadline, body
                 time.sleep(0.2)
             assert not body["checks"]["store"]["ok"]
+            assert _store_up(gw) == 0
             with pytest.raises(_Refused):  # still refused
                 _run(conn, "select 2", protocol)
             for pid in frozen:
@@ -496,6 +507,7 @@ def test_a_store_that_stops_answering_fails_closed_and_loses_nothing(pg, pg_fact
                 except _Refused:
                     assert time.monotonic() < deadline, "statements still refused after the store answered again"
                     time.sleep(0.2)
+            assert _store_up(gw) == 1
         _wait_closed(gw)
         assert gw.stop() == 0
         rows = _records(url)

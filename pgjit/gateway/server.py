@@ -342,7 +342,8 @@ class Gateway:
             "upstream_up": {name: bool(up) for name, up in self.upstream_up.items()},
             "buffered": self.buffered,
             "gate_reused": self.reactor.gate_reused if self.reactor is not None else 0,
-            **({"audit_queue": self.writer.depth + (self.reactor.tracked_records if self.reactor is not None else 0)}
+            **({"audit_queue": self.writer.depth + (self.reactor.tracked_records if self.reactor is not None else 0),
+                "audit_store_up": not self.writer.failing}
                if self.writer is not None else {}),
             **({"approvals_held": self.approvals.held} if self.approvals is not None else {}),
         }
