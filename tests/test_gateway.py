@@ -289,7 +289,9 @@ def test_client_tls(make_gateway, tmp_path):
         assert not conn.pgconn.ssl_in_use
 
 
-def test_upstream_tls_verify_full(tmp_path, make_gateway):
+@pytest.fixture
+def ssl_cluster():
+    """A cluster of its own with ssl = on (its CA: cluster.ca_path)."""
     from pgjit.devtools.pgcluster import PgCluster, make_temp_base
 
     base = make_temp_base("pgjit-ssl-")
@@ -298,40 +300,45 @@ def test_upstream_tls_verify_full(tmp_path, make_gateway):
     cluster.start()
     try:
         cluster.bootstrap_test_roles()
-        # verify-full: the CA must match and the name must be the certificate's.
-        from tests.gateway_fixtures import start_gateway
-
-        gw = start_gateway(
-            tmp_path / "gw-tls",
-            cluster,
-            **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app", "password": "apppass", "tls": {"mode": "verify-full", "ca": str(cluster.ca_path)}}}},
-        )
-        try:
-            with psycopg.connect(gw.dsn()) as conn:
-                assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
-        finally:
-            gw.stop()
-        # A CA that did not sign the server's certificate: refused.
-        import trustme
-
-        other = trustme.CA()
-        other_ca = tmp_path / "other-ca.pem"
-        other.cert_pem.write_to_path(str(other_ca))
-        gw = start_gateway(
-            tmp_path / "gw-badca",
-            cluster,
-            **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app", "password": "apppass", "tls": {"mode": "verify-full", "ca": str(other_ca)}}}},
-        )
-        try:
-            with RawClient(gw.port) as c:
-                err = errors(c.login())[0]
-                assert err.sqlstate == "08006" and "TLS" in err.message
-        finally:
-            gw.stop()
+        yield cluster
     finally:
         cluster.stop()
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_upstream_tls_verify_full(tmp_path, make_gateway, ssl_cluster):
+    cluster = ssl_cluster
+    # verify-full: the CA must match and the name must be the certificate's.
+    from tests.gateway_fixtures import start_gateway
+
+    gw = start_gateway(
+        tmp_path / "gw-tls",
+        cluster,
+        **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app", "password": "apppass", "tls": {"mode": "verify-full", "ca": str(cluster.ca_path)}}}},
+    )
+    try:
+        with psycopg.connect(gw.dsn()) as conn:
+            assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
+    finally:
+        gw.stop()
+    # A CA that did not sign the server's certificate: refused.
+    import trustme
+
+    other = trustme.CA()
+    other_ca = tmp_path / "other-ca.pem"
+    other.cert_pem.write_to_path(str(other_ca))
+    gw = start_gateway(
+        tmp_path / "gw-badca",
+        cluster,
+        **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app", "password": "apppass", "tls": {"mode": "verify-full", "ca": str(other_ca)}}}},
+    )
+    try:
+        with RawClient(gw.port) as c:
+            err = errors(c.login())[0]
+            assert err.sqlstate == "08006" and "TLS" in err.message
+    finally:
+        gw.stop()
 
 
 def test_md5_and_trust_upstream_auth(make_gateway, pg):
@@ -403,49 +410,39 @@ def test_sigterm_grace_expires_for_long_query(make_gateway, pg):
     assert wait_for(lambda: backends(pg, name) == 0, 3)
 
 
-def test_tls_on_both_sides_relays_through_the_c_core_with_channel_binding(tmp_path):
+def test_tls_on_both_sides_relays_through_the_c_core_with_channel_binding(tmp_path, ssl_cluster):
     """Client TLS and upstream TLS (verify-full) at once: the session is
     relayed by the reactor's C core on both TLS objects (issue 14: the same
     path as plain TCP), the results are the server's, and pgjit's SCRAM login
     upstream is bound to the TLS channel (SCRAM-SHA-256-PLUS,
     tls-server-end-point), as the session's closing log line says."""
-    from pgjit.devtools.pgcluster import PgCluster, make_temp_base
     from pgjit.gateway.reactor import c_core_enabled
     from tests.gateway_fixtures import start_gateway, write_tls_files
 
-    base = make_temp_base("pgjit-ssl-")
-    cluster = PgCluster(base / "data", ssl=True)
-    cluster.init()
-    cluster.start()
+    cluster = ssl_cluster
+    (tmp_path / "client-tls").mkdir()
+    files = write_tls_files(tmp_path / "client-tls")
+    gw = start_gateway(
+        tmp_path / "gw-tls2", cluster, tls={"cert": files["cert"], "key": files["key"]},
+        **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app",
+                                 "password": "apppass", "tls": {"mode": "verify-full", "ca": str(cluster.ca_path)}}}},
+    )
     try:
-        cluster.bootstrap_test_roles()
-        (tmp_path / "client-tls").mkdir()
-        files = write_tls_files(tmp_path / "client-tls")
-        gw = start_gateway(
-            tmp_path / "gw-tls2", cluster, tls={"cert": files["cert"], "key": files["key"]},
-            **{"targets": {"appdb": {"host": "127.0.0.1", "port": cluster.port, "database": "appdb", "user": "app",
-                                     "password": "apppass", "tls": {"mode": "verify-full", "ca": str(cluster.ca_path)}}}},
-        )
-        try:
-            query = "select g, repeat('x', g % 300) from generate_series(1, 20000) g"
-            with psycopg.connect(cluster.dsn("app", "apppass", "appdb")) as direct:
-                want = direct.execute(query).fetchall()
-            with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"], host="localhost")) as conn:
-                assert conn.pgconn.ssl_in_use
-                assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
-                for i in range(50):  # simple-protocol round trips, the C core's own kind
-                    assert conn.pgconn.exec_(b"select %d" % i).get_value(0, 0) == b"%d" % i
-                assert conn.execute(query).fetchall() == want
-            deadline = time.monotonic() + 10
-            while not (closed := [r for r in gw.logs() if r.get("msg") == "session closed"]):
-                assert time.monotonic() < deadline, "no session closed line"
-                time.sleep(0.05)
-            line = closed[-1]
-            assert (line["tls"], line["upstream_tls"], line["upstream_auth"]) == (True, True, "SCRAM-SHA-256-PLUS"), line
-            assert (line["relay"], line["relay_core"]) == ("reactor", c_core_enabled()), line
-        finally:
-            gw.stop()
+        query = "select g, repeat('x', g % 300) from generate_series(1, 20000) g"
+        with psycopg.connect(cluster.dsn("app", "apppass", "appdb")) as direct:
+            want = direct.execute(query).fetchall()
+        with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"], host="localhost")) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
+            for i in range(50):  # simple-protocol round trips, the C core's own kind
+                assert conn.pgconn.exec_(b"select %d" % i).get_value(0, 0) == b"%d" % i
+            assert conn.execute(query).fetchall() == want
+        deadline = time.monotonic() + 10
+        while not (closed := [r for r in gw.logs() if r.get("msg") == "session closed"]):
+            assert time.monotonic() < deadline, "no session closed line"
+            time.sleep(0.05)
+        line = closed[-1]
+        assert (line["tls"], line["upstream_tls"], line["upstream_auth"]) == (True, True, "SCRAM-SHA-256-PLUS"), line
+        assert (line["relay"], line["relay_core"]) == ("reactor", c_core_enabled()), line
     finally:
-        cluster.stop()
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        gw.stop()
