@@ -101,6 +101,14 @@ RESPAWN_MAX = 5.0
 #: Seconds a writer process may take to start (its store opened: a
 #: PostgreSQL store's connect gives up after 10 s, pgjit.audit.store).
 START_TIMEOUT = 30.0
+#: Bytes per record of ``capacity`` that what was sent and not acknowledged
+#: may hold before the writer is degraded (pgjit.audit.writer.WriterHealth):
+#: one queue entry may be a C core's Entries, tens of statements, so a
+#: store that is slow but answers must not let them pile up in memory
+#: (51 MB at the default 100,000 records).
+BYTES_PER_RECORD = 512
+#: ... and 4 MB at least (a small buffer must not degrade a busy gateway).
+MIN_BYTES = 4 << 20
 #: Queue entries one pump (the relay's own thread) takes at most: the
 #: rest waits for the next pump or the sender thread.
 PUMP_MAX = 256
@@ -161,6 +169,8 @@ class ProcessWriter(WriterHealth):
         # left some owing. STALL_SECONDS of it and the writer is failing
         # (WriterHealth): a store that does not answer gives no error.
         self._ack_since = 0.0
+        self._unacked_bytes = 0  # the bytes of _unacked's chunks
+        self.max_bytes = max(capacity * BYTES_PER_RECORD, MIN_BYTES)
         self._lock = threading.Lock()  # _unacked, _acked and the child, between the sender and the receiver
         # One sender at a time, the relay's thread (pump) or the sender
         # thread; taken before _lock. What the pipe has not taken yet of the
@@ -197,6 +207,9 @@ class ProcessWriter(WriterHealth):
 
     def _waiting_since(self) -> float:
         return self._ack_since
+
+    def _over_bytes(self) -> bool:
+        return self._unacked_bytes >= self.max_bytes
 
     def start(self) -> "ProcessWriter":
         with self._lock:
@@ -382,7 +395,7 @@ class ProcessWriter(WriterHealth):
                 self._acked = stored
                 u = self._unacked
                 while u and u[0][0] + len(u[0][2]) <= stored:
-                    u.popleft()
+                    self._unacked_bytes -= len(u.popleft()[1])
                 self._ack_since = time.monotonic() if self._sent > stored else 0.0
             new_errors = errors - self._child_errors
             self._child_errors = errors
@@ -483,6 +496,7 @@ class ProcessWriter(WriterHealth):
             if self._sent == self._acked:
                 self._ack_since = time.monotonic()
             self._unacked.append((first, data, offsets))
+            self._unacked_bytes += len(data)
             self._sent += len(offsets)
             self._taking = 0
         self._pending_entries = len(offsets)

@@ -71,6 +71,11 @@ class WriterHealth:
     def depth(self) -> int:  # pragma: no cover - each writer says
         raise NotImplementedError
 
+    def _over_bytes(self) -> bool:
+        """Over the bound on bytes held (the writer process: sent and not
+        acknowledged); the thread writer counts records only."""
+        return False
+
     def _stalled_for(self) -> float:
         since = self._waiting_since()
         if not since:
@@ -106,12 +111,14 @@ class WriterHealth:
         ``capacity`` records wait (a slow store). The C core's path, which
         queues a statement's record after it ran, is left meanwhile, so
         that what waits stays bounded (the C core's statements in flight and
-        those it finished since its entries were last taken: 10 ms' worth)."""
+        those it finished since its entries were last taken: 10 ms' worth).
+        One record of the queue may be many statements (a C core's
+        Entries), so the writer process bounds the bytes it holds too."""
         if self._behind:  # until half of it has drained: not a flip per record at the bound
             self._behind = self.depth > self.capacity // 2
         else:
             self._behind = self.depth >= self.capacity
-        return self._failing or self._behind or bool(self._stalled_for())
+        return self._failing or self._behind or self._over_bytes() or bool(self._stalled_for())
 
 
 def _json_value(v: str | None) -> str:

@@ -185,6 +185,33 @@ def test_the_relay_threads_pump_never_waits_for_the_pipe(tmp_path, then):
     assert verify(rows, KEY).ok
 
 
+def test_what_a_stalled_child_holds_is_bounded_in_bytes_too(tmp_path):
+    """One queue entry may be a C core's Entries (many statements): with the
+    child not acknowledging, the writer is degraded (the C path is left) once
+    what was sent and not acknowledged reaches max_bytes, long before
+    ``capacity`` entries wait; acknowledged, it is not."""
+    url = st.sqlite_url(tmp_path / "audit.db")
+    st.upgrade(url)
+    w = ProcessWriter(url, KEY, capacity=100_000, interval=3600.0, batch=10**9, checkpoint_every=100_000).start()
+    w.max_bytes = 100_000
+    child = w._proc
+    child.send_signal(signal.SIGSTOP)
+    entry = '{"at":"2026-12-08T00:00:00.000000Z","text":"' + "x" * 9_000 + '"}'
+    try:
+        n = 0
+        while not w.degraded:
+            assert n < 50, (w.depth, w._unacked_bytes)
+            w.submit(Entries.of("s", "p", None, entry, 1, 0), force=True)
+            n += 1
+            assert _pump_returns(w)
+        assert w.depth == n < 20 and not w.failing  # degraded by bytes, not by count or a stall
+    finally:
+        child.send_signal(signal.SIGCONT)
+    assert w.flush(60), (w.depth, w.last_error)
+    assert not w.degraded and w._unacked_bytes == 0
+    assert w.close(30)
+
+
 def test_a_gateway_that_dies_leaves_what_it_sent_written(tmp_path):
     """The gateway's process is killed: the child reads its pipe to the end,
     writes everything sent and a final checkpoint, and exits."""
