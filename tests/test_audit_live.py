@@ -25,6 +25,7 @@ from pgjit.audit import store as audit_store
 from pgjit.audit.chain import verify
 from pgjit.audit.sessions import gather
 from tests.gateway_fixtures import start_gateway
+from tests.test_api_live import _get, _samples
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"
@@ -428,24 +429,12 @@ def _run(conn, sql: str, protocol: str) -> None:
 
 
 def _ready(gw) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{gw.extra['api_port']}/readyz", timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    status, body = _get(gw, "/readyz")
+    return status, json.loads(body)
 
 
 def _store_up(gw) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.extra['api_port']}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("pgjit_audit_store_up "):
-                return float(line.split()[1])
-    raise AssertionError("no pgjit_audit_store_up in /metrics")
+    return _samples(_get(gw, "/metrics")[1])["pgjit_audit_store_up"]
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])

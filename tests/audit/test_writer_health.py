@@ -11,6 +11,7 @@ import time
 
 from pgjit.audit import writer as audit_writer
 from pgjit.audit.writer import Writer
+from tests.clients._helpers import wait_for
 
 KEY = b"writer-health-test-key-0123456789"
 
@@ -35,13 +36,6 @@ def _record(i: int) -> dict:
             "body": {"i": i}}
 
 
-def _until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_a_write_that_hangs_is_failing_after_the_stall_and_clears_after(monkeypatch):
     monkeypatch.setattr(audit_writer, "STALL_SECONDS", 1.0)
     store = HangingStore()
@@ -50,12 +44,12 @@ def test_a_write_that_hangs_is_failing_after_the_stall_and_clears_after(monkeypa
         w.submit(_record(0))
         assert store.entered.wait(10)
         assert not w.failing and not w.degraded  # a write in progress is not a stall yet
-        _until(lambda: w.failing)
+        assert wait_for(lambda: w.failing, 10)
         assert "has not answered for" in w.last_error
         assert w.degraded
         assert w.store_errors == 0  # no error was raised: only time passed
         store.release.set()
-        _until(lambda: not w.failing)
+        assert wait_for(lambda: not w.failing, 10)
         assert w.flush(10)
         assert not w.degraded and w.last_error == ""
         assert [r["body"] for r in store.rows if r["kind"] == "config_load"] == [{"i": 0}]
