@@ -431,7 +431,7 @@ def test_tls_on_both_sides_relays_through_the_c_core_with_channel_binding(tmp_pa
         query = "select g, repeat('x', g % 300) from generate_series(1, 20000) g"
         with psycopg.connect(cluster.dsn("app", "apppass", "appdb")) as direct:
             want = direct.execute(query).fetchall()
-        with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"], host="localhost")) as conn:
+        with psycopg.connect(gw.dsn(sslmode="verify-full", sslrootcert=files["ca"], host="localhost", hostaddr="127.0.0.1")) as conn:
             assert conn.pgconn.ssl_in_use
             assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
             for i in range(50):  # simple-protocol round trips, the C core's own kind
